@@ -1,0 +1,76 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from asyncblog import __version__
+from asyncblog.api import errors
+from asyncblog.api.middleware import RequestContextMiddleware
+from asyncblog.api.routers import auth, health, money, posts, users
+from asyncblog.api.state import AppState
+from asyncblog.config import Settings, load_settings
+from asyncblog.services.users import UserService
+
+logger = logging.getLogger("asyncblog")
+
+
+async def create_first_admin(state: AppState) -> None:
+    s = state.settings
+    if not (s.first_admin_username and s.first_admin_email and s.first_admin_password):
+        return
+    async with state.db.write_session() as session:
+        created = await UserService(session, state.hasher).ensure_admin(
+            s.first_admin_username, s.first_admin_email, s.first_admin_password.get_secret_value()
+        )
+    if created is not None:
+        logger.info("created the first admin", extra={"username": created.username})
+
+
+def create_app(settings: Settings | None = None, state: AppState | None = None) -> FastAPI:
+    """Build the app. With `state`, the caller owns the database (tests); otherwise the lifespan
+    creates the engine at start-up and disposes of it at shutdown."""
+    settings = settings or (state.settings if state else load_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = state is None
+        current = state or AppState.build(settings)
+        app.state.asyncblog = current
+        try:
+            await create_first_admin(current)
+            yield
+        finally:
+            if owned:
+                await current.db.dispose()
+
+    app = FastAPI(
+        title="asyncblog",
+        version=__version__,
+        description="Users, posts and money transfers over async SQLAlchemy.",
+        lifespan=lifespan,
+    )
+    if state is not None:
+        app.state.asyncblog = state
+    errors.install(app)
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(users.bulk)  # before /users/{user_id}
+    app.include_router(users.router)
+    app.include_router(posts.router)
+    app.include_router(money.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory used by `asyncblog serve` (each worker process calls it)."""
+    from asyncblog.log import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

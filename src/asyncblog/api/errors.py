@@ -1,0 +1,52 @@
+"""Exception handlers: domain errors and database failures as clean JSON answers."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+
+from asyncblog.errors import ServiceError
+
+logger = logging.getLogger("asyncblog.error")
+
+DB_UNAVAILABLE = "Database unavailable"
+
+
+async def service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if exc.status_code == 503:
+        headers = {"Retry-After": "1"}
+    return JSONResponse({"detail": exc.detail, **exc.extra}, exc.status_code, headers=headers)
+
+
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable: %s", type(exc).__name__, exc_info=exc)
+    return JSONResponse({"detail": DB_UNAVAILABLE}, 503, headers={"Retry-After": "1"})
+
+
+async def integrity_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.info("integrity error: %s", getattr(exc, "orig", exc))
+    return JSONResponse({"detail": "Conflict with existing data"}, 409)
+
+
+async def data_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.info("data error: %s", getattr(exc, "orig", exc))
+    return JSONResponse({"detail": "A value is out of range for the database"}, 422)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(sa_exc.IntegrityError, integrity_error)
+    app.add_exception_handler(sa_exc.DataError, data_error)
+    for unavailable in (
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sa_exc.TimeoutError,  # the pool had no connection within pool_timeout
+        ConnectionError,
+        TimeoutError,
+    ):
+        app.add_exception_handler(unavailable, database_unavailable)

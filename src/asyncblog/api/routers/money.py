@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Response, status
+
+from asyncblog.api.deps import CurrentAdmin, CurrentUser, PageParams, Transfers
+from asyncblog.api.responses import View
+from asyncblog.models import Transfer
+from asyncblog.schemas import Deposit, Detail, TransferCreate, TransferView
+
+router = APIRouter(tags=["money"])
+
+TRANSFER: View[TransferView] = View(TransferView)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Detail},
+    403: {"model": Detail},
+    404: {"model": Detail},
+    409: {"model": Detail},
+    503: {"model": Detail},
+}
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Detail}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": Detail}}
+
+
+@router.post(
+    "/transfers",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TransferView,
+    responses=ERRORS,
+    description="Send money from the caller's balance. The same Idempotency-Key with the same "
+    "body replays the first answer; with a different body it is a 409.",
+)
+async def transfer(
+    data: TransferCreate,
+    transfers: Transfers,
+    sender: CurrentUser,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> Response:
+    result = await transfers.transfer(sender, data, idempotency_key)
+    response = TRANSFER.render(result.transfer, status.HTTP_201_CREATED)
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@router.get("/transfers", response_model=list[TransferView], responses=UNAUTHORIZED)
+async def my_transfers(page: PageParams, transfers: Transfers, user: CurrentUser) -> list[Transfer]:
+    return await transfers.history(user, skip=page.skip, limit=page.limit, after_id=page.after_id)
+
+
+@router.post(
+    "/admin/users/{user_id}/deposit",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TransferView,
+    responses=ERRORS,
+    tags=["admin"],
+)
+async def deposit(
+    user_id: Annotated[int, Path()], data: Deposit, transfers: Transfers, _admin: CurrentAdmin
+) -> Transfer:
+    return await transfers.deposit(user_id, data.amount)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response, status
+
+from asyncblog.api.deps import CurrentAdmin, CurrentUser, OptionalUser, PageParams, Users
+from asyncblog.api.responses import View
+from asyncblog.schemas import (
+    BulkConflict,
+    BulkCreated,
+    BulkDeleted,
+    BulkUpdated,
+    BulkUserCreate,
+    BulkUserDelete,
+    BulkUserUpdate,
+    Count,
+    Detail,
+    UserCreate,
+    UserPrivate,
+    UserPrivateWithPosts,
+    UserPublic,
+    UserPublicWithPosts,
+    UserUpdate,
+)
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+UserId = Annotated[int, Path(description="A user id")]
+PUBLIC_LIST: View[list[UserPublic]] = View(list[UserPublic])
+PRIVATE_LIST: View[list[UserPrivate]] = View(list[UserPrivate])
+PUBLIC_WITH_POSTS: View[UserPublicWithPosts] = View(UserPublicWithPosts)
+PRIVATE_WITH_POSTS: View[UserPrivateWithPosts] = View(UserPrivateWithPosts)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Detail},
+    403: {"model": Detail},
+    404: {"model": Detail},
+}
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Detail}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": Detail}}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserPrivate,
+    responses=CONFLICT,
+)
+async def register(data: UserCreate, users: Users) -> UserPrivate:
+    return UserPrivate.model_validate(await users.register(data))
+
+
+@router.get(
+    "",
+    response_model=list[UserPublic] | list[UserPrivate],
+    description="Public views; private views when the caller is an admin.",
+)
+async def list_users(page: PageParams, users: Users, caller: OptionalUser) -> Response:
+    rows = await users.users.list(skip=page.skip, limit=page.limit, after_id=page.after_id)
+    view = PRIVATE_LIST if caller is not None and caller.is_admin else PUBLIC_LIST
+    return view.render(rows)
+
+
+@router.get("/count", response_model=Count)
+async def count_users(users: Users) -> Count:
+    return Count(count=await users.users.count())
+
+
+@router.get("/me", response_model=UserPrivate, responses=ERRORS)
+async def me(user: CurrentUser) -> UserPrivate:
+    return UserPrivate.model_validate(user)
+
+
+@router.get(
+    "/{user_id}",
+    response_model=UserPublicWithPosts | UserPrivateWithPosts,
+    responses=NOT_FOUND,
+    description="The private view when the caller is that user or an admin.",
+)
+async def get_user(user_id: UserId, users: Users, caller: OptionalUser) -> Response:
+    user = await users.get_with_posts(user_id)
+    private = caller is not None and (caller.id == user.id or caller.is_admin)
+    return (PRIVATE_WITH_POSTS if private else PUBLIC_WITH_POSTS).render(user)
+
+
+@router.patch(
+    "/{user_id}", response_model=UserPrivate, responses={**ERRORS, 409: {"model": Detail}}
+)
+async def update_user(
+    user_id: UserId, data: UserUpdate, users: Users, caller: CurrentUser
+) -> UserPrivate:
+    return UserPrivate.model_validate(await users.update(caller, user_id, data))
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
+async def delete_user(user_id: UserId, users: Users, caller: CurrentUser) -> Response:
+    await users.delete(caller, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# ---------------------------------------------------------------------- bulk (admin only)
+bulk = APIRouter(prefix="/users/bulk", tags=["users: bulk"])
+
+
+@bulk.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BulkCreated,
+    responses={**ERRORS, 409: {"model": BulkConflict}},
+)
+async def bulk_create(data: BulkUserCreate, users: Users, _admin: CurrentAdmin) -> BulkCreated:
+    outcome = await users.bulk_create(data)
+    return BulkCreated(
+        created=[UserPrivate.model_validate(u) for u in outcome.created], skipped=outcome.skipped
+    )
+
+
+@bulk.patch("", response_model=BulkUpdated, responses=ERRORS)
+async def bulk_update(data: BulkUserUpdate, users: Users, _admin: CurrentAdmin) -> BulkUpdated:
+    return BulkUpdated(updated=await users.bulk_set_active(data.ids, data.values.is_active))
+
+
+@bulk.delete("", response_model=BulkDeleted, responses=ERRORS)
+async def bulk_delete(data: BulkUserDelete, users: Users, _admin: CurrentAdmin) -> BulkDeleted:
+    return BulkDeleted(deleted=await users.bulk_delete(data.ids))

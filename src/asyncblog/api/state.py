@@ -1,0 +1,26 @@
+"""What the app holds for its lifetime: the database and the security helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asyncblog.config import Settings
+from asyncblog.db import Database
+from asyncblog.security import PasswordHasher, TokenCodec
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    hasher: PasswordHasher
+    tokens: TokenCodec
+
+    @classmethod
+    def build(cls, settings: Settings, db: Database | None = None) -> AppState:
+        return cls(
+            settings=settings,
+            db=db or Database.from_settings(settings),
+            hasher=PasswordHasher(settings),
+            tokens=TokenCodec.from_settings(settings),
+        )

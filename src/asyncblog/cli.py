@@ -1,0 +1,185 @@
+"""The `asyncblog` command line: serve, migrate, create-admin, seed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from asyncblog.config import Settings, SettingsError, load_settings
+
+cli = typer.Typer(
+    name="asyncblog", help="Users, posts and money over async SQLAlchemy.", no_args_is_help=True
+)
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]asyncblog:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def _migrate(settings: Settings, revision: str = "head") -> None:
+    from asyncblog import migrations
+
+    path = settings.sqlite_path()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        migrations.upgrade(settings.url, revision)
+    except Exception as exc:  # a database that cannot be reached is one line, not a traceback
+        _fail(f"migration failed: {type(exc).__name__}: {str(exc).splitlines()[0]}", 1)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, envvar="WEB_CONCURRENCY")] = 1,
+    migrate: Annotated[
+        bool | None,
+        typer.Option(help="Upgrade the schema first (default: yes for SQLite, no otherwise)."),
+    ] = None,
+) -> None:
+    """Serve the API with uvicorn (uvloop, httptools)."""
+    import uvicorn
+
+    from asyncblog.log import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    if migrate if migrate is not None else settings.dialect == "sqlite":
+        _migrate(settings)
+    uvicorn.run(
+        "asyncblog.api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=20,
+    )
+
+
+@cli.command()
+def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Upgrade the database schema (default: to the newest revision)."""
+    settings = _settings()
+    _migrate(settings, revision)
+    err.print(f"database at {settings.url.render_as_string()} is at revision {revision}")
+
+
+@cli.command()
+def downgrade(revision: Annotated[str, typer.Argument()]) -> None:
+    """Downgrade the database schema to REVISION (`base` removes every table)."""
+    from asyncblog import migrations
+
+    migrations.downgrade(_settings().url, revision)
+
+
+@cli.command("create-admin")
+def create_admin(
+    username: Annotated[str, typer.Option(prompt=True)],
+    email: Annotated[str, typer.Option(prompt=True)],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+) -> None:
+    """Create an admin user."""
+    from pydantic import ValidationError
+
+    from asyncblog.errors import Conflict
+    from asyncblog.schemas import UserCreate
+
+    settings = _settings()
+    try:
+        data = UserCreate(username=username, email=email, password=password)
+    except ValidationError as exc:
+        _fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
+
+    async def run() -> int:
+        from asyncblog.api.state import AppState
+        from asyncblog.services.users import UserService
+
+        state = AppState.build(settings)
+        try:
+            async with state.db.write_session() as session:
+                user = await UserService(session, state.hasher).register(data, is_admin=True)
+            return user.id
+        finally:
+            await state.db.dispose()
+
+    try:
+        user_id = asyncio.run(run())
+    except Conflict as exc:
+        _fail(exc.detail, 1)
+    err.print(f"created admin {data.username!r} with id {user_id}")
+
+
+@cli.command()
+def seed(
+    users: Annotated[int, typer.Option("--users", min=0)] = 100,
+    posts_per_user: Annotated[int, typer.Option("--posts-per-user", min=0)] = 3,
+    password: Annotated[str, typer.Option(help="The password of every seeded user.")] = (
+        "password123"
+    ),
+    batch: Annotated[int, typer.Option(min=1, max=50_000)] = 5000,
+) -> None:
+    """Fill the database with demo users (user1, user2, ...) and their posts, fast.
+
+    Set-based inserts in batches; every seeded user shares ONE password hash (hashing 100,000
+    passwords would take an hour of CPU), so all of them log in with --password.
+    """
+    from asyncblog.seeding import seed_database
+
+    settings = _settings()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
+    started = time.perf_counter()
+    with progress:
+        user_task = progress.add_task("users", total=users)
+        post_task = progress.add_task("posts", total=users * posts_per_user)
+        asyncio.run(
+            seed_database(
+                settings,
+                users=users,
+                posts_per_user=posts_per_user,
+                password=password,
+                batch=batch,
+                on_users=lambda n: progress.advance(user_task, n),
+                on_posts=lambda n: progress.advance(post_task, n),
+            )
+        )
+    err.print(
+        f"seeded {users} users and {users * posts_per_user} posts "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+
+
+def main() -> None:
+    try:
+        cli()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

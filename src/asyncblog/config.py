@@ -1,0 +1,148 @@
+"""Settings, read from the environment and an optional `.env` file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./asyncblog.db"
+SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg", "mysql+aiomysql", "mariadb+aiomysql")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Names are the environment variables, case-insensitive."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
+    access_token_expire_minutes: int = Field(default=30, ge=1, le=60 * 24 * 30)
+
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    pool_max_overflow: int = Field(default=10, ge=0, le=1000)
+    pool_timeout: float = Field(default=10.0, gt=0, le=600)
+    pool_recycle: int = Field(default=1800, ge=-1)
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+
+    first_admin_username: str | None = None
+    first_admin_email: str | None = None
+    first_admin_password: SecretStr | None = None
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    access_log: bool = True
+
+    # Argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile.
+    argon2_time_cost: int = Field(default=3, ge=1, le=20)
+    argon2_memory_cost_kib: int = Field(default=65536, ge=8, le=4 * 1024 * 1024)
+    argon2_parallelism: int = Field(default=4, ge=1, le=64)
+    password_hash_threads: int = Field(default=max(os.cpu_count() or 1, 1), ge=1, le=256)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {value!r}") from exc
+        if url.drivername not in SUPPORTED_DRIVERS:
+            raise ValueError(
+                f"unsupported driver {url.drivername!r}; use one of {', '.join(SUPPORTED_DRIVERS)}"
+            )
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _first_admin_complete(self) -> Settings:
+        given = [self.first_admin_username, self.first_admin_email, self.first_admin_password]
+        if any(given) and not all(given):
+            raise ValueError(
+                "FIRST_ADMIN_USERNAME, FIRST_ADMIN_EMAIL and FIRST_ADMIN_PASSWORD go together"
+            )
+        return self
+
+    @property
+    def url(self) -> URL:
+        return make_url(self.database_url)
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite`, `postgresql` or `mysql` (MariaDB counts as mysql)."""
+        name = self.url.get_backend_name()
+        return "mysql" if name == "mariadb" else name
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None for other backends and in-memory databases."""
+        if self.dialect != "sqlite":
+            return None
+        database = self.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return Path(database)
+
+    def resolved_secret_key(self) -> str:
+        """SECRET_KEY, or one generated once and kept in a file so restarts and workers agree."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        path = self.secret_key_file
+        if path is None:
+            db_file = self.sqlite_path()
+            if db_file is None and self.dialect == "sqlite":  # in-memory: nothing to share
+                return _process_secret()
+            path = (
+                db_file.with_name(db_file.name + ".secret")
+                if db_file
+                else Path(".asyncblog-secret")
+            )
+        return _load_or_create_secret(path)
+
+
+@lru_cache(maxsize=1)
+def _process_secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
+def _load_or_create_secret(path: Path) -> str:
+    """Read the key file; create it atomically (O_EXCL) if absent, so racing workers agree."""
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key)
+    return key
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one human line."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None

@@ -1,0 +1,137 @@
+"""ORM models: users, their posts, and the money ledger.
+
+Relationships are `lazy="raise"`: code that needs related rows says so with `selectinload`, and a
+forgotten one fails loudly in tests instead of doing hidden I/O on the event loop.
+
+Usernames compare case-insensitively on every backend through the column's collation: NOCASE on
+SQLite, an ICU nondeterministic collation (`case_insensitive`, created by the first migration) on
+PostgreSQL, utf8mb4_general_ci on MariaDB. So the unique constraint and a plain `=` lookup agree
+everywhere. Emails are lower-cased before they are stored and compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    true,
+)
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from asyncblog.db import Money, UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+PG_CASE_INSENSITIVE = "case_insensitive"
+
+USERNAME_MAX = 50
+EMAIL_MAX = 254
+TITLE_MAX = 200
+CONTENT_MAX = 100_000
+
+UsernameType = (
+    String(USERNAME_MAX)
+    .with_variant(String(USERNAME_MAX, collation="NOCASE"), "sqlite")
+    .with_variant(postgresql.VARCHAR(USERNAME_MAX, collation=PG_CASE_INSENSITIVE), "postgresql")
+    .with_variant(mysql.VARCHAR(USERNAME_MAX, collation="utf8mb4_general_ci"), "mysql", "mariadb")
+)
+EmailType = String(EMAIL_MAX).with_variant(
+    mysql.VARCHAR(EMAIL_MAX, collation="utf8mb4_bin"), "mysql", "mariadb"
+)
+# MariaDB's TEXT holds 64 KiB; a post may hold 100,000 characters of up to 4 bytes.
+ContentType = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TimestampMixin:
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime(), server_default=utcnow(), onupdate=utcnow()
+    )
+
+
+class User(TimestampMixin, Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        UniqueConstraint("username"),
+        UniqueConstraint("email"),
+        CheckConstraint("balance >= 0", name="balance_not_negative"),
+    )
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(UsernameType)
+    email: Mapped[str] = mapped_column(EmailType)
+    hashed_password: Mapped[str] = mapped_column(String(255))
+    is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
+    is_admin: Mapped[bool] = mapped_column(default=False, server_default=false())
+    balance: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"), server_default="0")
+
+    posts: Mapped[list[Post]] = relationship(
+        back_populates="author",
+        order_by="Post.id",
+        lazy="raise",
+        passive_deletes=True,
+    )
+
+    def __repr__(self) -> str:  # never shows the hash
+        return f"User(id={self.id!r}, username={self.username!r})"
+
+
+class Post(TimestampMixin, Base):
+    __tablename__ = "posts"
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(TITLE_MAX))
+    content: Mapped[str] = mapped_column(ContentType)
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+
+    author: Mapped[User] = relationship(back_populates="posts", lazy="raise")
+
+    def __repr__(self) -> str:
+        return f"Post(id={self.id!r}, author_id={self.author_id!r})"
+
+
+class Transfer(Base):
+    """One row of the ledger: a deposit (`from_user_id` is NULL) or a transfer between users.
+
+    User ids here are not foreign keys on purpose: the ledger outlives the users it names (a
+    deleted user's transfers stay on record for the other side).
+    """
+
+    __tablename__ = "transfers"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        UniqueConstraint("from_user_id", "idempotency_key"),
+        Index("ix_transfers_to_user_id_id", "to_user_id", "id"),
+        Index("ix_transfers_from_user_id_id", "from_user_id", "id"),
+    )
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    from_user_id: Mapped[int | None] = mapped_column()
+    to_user_id: Mapped[int] = mapped_column()
+    amount: Mapped[Decimal] = mapped_column(Money())
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), server_default=utcnow())

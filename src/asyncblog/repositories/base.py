@@ -1,0 +1,121 @@
+"""A generic async repository: one model's rows, by id, in pages, and in bulk.
+
+Repositories never commit: the caller (a service) owns the transaction. Bulk operations are
+set-based: one INSERT for many rows (SQLAlchemy's "insertmanyvalues" batches them with RETURNING),
+one UPDATE ... WHERE id IN (...), one DELETE ... WHERE id IN (...).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Generic, TypeVar, cast
+
+from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.interfaces import ORMOption
+
+from asyncblog.models import Base
+
+ModelT = TypeVar("ModelT", bound=Base)
+
+MAX_ID = 2_147_483_647
+
+
+def valid_id(value: int | None) -> bool:
+    """Ids are positive 32-bit integers; anything else names no row (and must not reach SQL)."""
+    return value is not None and 1 <= value <= MAX_ID
+
+
+class Repository(Generic[ModelT]):
+    model: ClassVar[type[Any]]
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def _id(self) -> Any:
+        return self.model.id
+
+    def _select(self) -> Select[Any]:
+        return select(self.model)
+
+    async def get(
+        self, id_: int, *, options: Sequence[ORMOption] = (), for_update: bool = False
+    ) -> ModelT | None:
+        if not valid_id(id_):
+            return None
+        stmt = self._select().where(self._id == id_).options(*options)
+        if for_update:
+            stmt = stmt.with_for_update()
+        result = await self.session.execute(stmt)
+        return cast(ModelT | None, result.scalar_one_or_none())
+
+    async def list(
+        self,
+        *,
+        skip: int = 0,
+        limit: int = 100,
+        after_id: int | None = None,
+        where: Iterable[ColumnElement[bool]] = (),
+        options: Sequence[ORMOption] = (),
+    ) -> Sequence[ModelT]:
+        """A page ordered by id: `after_id` is keyset pagination, `skip` an offset after it."""
+        stmt = self._select().where(*where).options(*options).order_by(self._id)
+        if after_id is not None:
+            stmt = stmt.where(self._id > after_id)
+        if skip:
+            stmt = stmt.offset(skip)
+        result = await self.session.execute(stmt.limit(limit))
+        return cast(Sequence[ModelT], result.scalars().all())
+
+    async def count(self, *where: ColumnElement[bool]) -> int:
+        stmt = select(func.count()).select_from(self.model).where(*where)
+        return int(await self.session.scalar(stmt) or 0)
+
+    async def create(self, **values: Any) -> ModelT:
+        obj = cast(ModelT, self.model(**values))
+        self.session.add(obj)
+        await self.session.flush()
+        return obj
+
+    async def update(self, obj: ModelT, **values: Any) -> ModelT:
+        for key, value in values.items():
+            setattr(obj, key, value)
+        await self.session.flush()
+        return obj
+
+    async def delete(self, id_: int) -> bool:
+        return await self.bulk_delete([id_]) == 1
+
+    async def bulk_create(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[ModelT]:
+        """Insert many rows in set-based statements; returns them in the order given."""
+        if not rows:
+            return []
+        stmt = insert(self.model).returning(self.model, sort_by_parameter_order=True)
+        result = await self.session.scalars(stmt, [dict(row) for row in rows])
+        return builtins.list(result.all())
+
+    async def bulk_update(self, ids: Iterable[int], values: Mapping[str, Any]) -> int:
+        """One UPDATE for all `ids`; returns how many rows matched."""
+        wanted = sorted({i for i in ids if valid_id(i)})
+        if not wanted:
+            return 0
+        stmt = update(self.model).where(self._id.in_(wanted)).values(**values)
+        result = cast(
+            CursorResult[Any],
+            await self.session.execute(stmt, execution_options={"synchronize_session": False}),
+        )
+        return int(result.rowcount)
+
+    async def bulk_delete(self, ids: Iterable[int]) -> int:
+        """One DELETE for all `ids`; returns how many rows went."""
+        wanted = sorted({i for i in ids if valid_id(i)})
+        if not wanted:
+            return 0
+        stmt = delete(self.model).where(self._id.in_(wanted))
+        result = cast(
+            CursorResult[Any],
+            await self.session.execute(stmt, execution_options={"synchronize_session": False}),
+        )
+        return int(result.rowcount)

@@ -1,0 +1,46 @@
+"""Users and their posts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import selectinload
+
+from asyncblog.models import User
+from asyncblog.repositories.base import Repository
+
+
+class UserRepository(Repository[User]):
+    model = User
+
+    async def get_with_posts(self, user_id: int) -> User | None:
+        """The user and all its posts (id ascending), loaded eagerly."""
+        return await self.get(user_id, options=[selectinload(User.posts)])
+
+    async def get_by_username(self, username: str) -> User | None:
+        # The column's collation makes this comparison case-insensitive on every backend.
+        return await self.session.scalar(select(User).where(User.username == username))
+
+    async def taken(
+        self, usernames: Iterable[str], emails: Iterable[str]
+    ) -> tuple[set[str], set[str]]:
+        """Which of these usernames (lower-cased) and emails already belong to someone."""
+        names, mails = list(set(usernames)), list(set(emails))
+        if not names and not mails:
+            return set(), set()
+        rows = await self.session.execute(
+            select(User.username, User.email).where(
+                or_(User.username.in_(names), User.email.in_(mails))
+            )
+        )
+        taken_names: set[str] = set()
+        taken_mails: set[str] = set()
+        for username, email in rows:
+            taken_names.add(username.lower())
+            taken_mails.add(email)
+        return taken_names, taken_mails
+
+    async def ids_existing(self, ids: Sequence[int]) -> set[int]:
+        rows = await self.session.scalars(select(User.id).where(User.id.in_(ids)))
+        return set(rows)

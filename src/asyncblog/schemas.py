@@ -1,0 +1,207 @@
+"""Request bodies and response views (pydantic v2). Field bounds are the contract's."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from asyncblog.models import CONTENT_MAX, EMAIL_MAX, TITLE_MAX, USERNAME_MAX
+
+MAX_ID = 2_147_483_647  # the id columns are 32-bit integers on every backend
+MAX_AMOUNT = Decimal("1000000000.00")
+BULK_MAX = 1000
+
+Username = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=USERNAME_MAX, pattern=r"^[A-Za-z0-9_.\-]+$"),
+]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+Email = Annotated[
+    EmailStr, Field(max_length=EMAIL_MAX), AfterValidator(lambda value: value.lower())
+]
+Title = Annotated[str, StringConstraints(min_length=1, max_length=TITLE_MAX)]
+Content = Annotated[str, StringConstraints(min_length=1, max_length=CONTENT_MAX)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Amount = Annotated[
+    Decimal,
+    Field(gt=0, le=MAX_AMOUNT, max_digits=12, decimal_places=2, allow_inf_nan=False),
+    AfterValidator(lambda value: value.quantize(Decimal("0.01"))),
+]
+
+
+class _NoNulls(BaseModel):
+    """A partial update: fields may be left out, but an explicit null is refused."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = [
+                key for key, value in data.items() if value is None and key in cls.model_fields
+            ]
+            if nulls:
+                raise ValueError(f"{', '.join(sorted(nulls))} may not be null")
+        return data
+
+
+# --------------------------------------------------------------------------- users
+
+
+class UserCreate(BaseModel):
+    username: Username
+    email: Email
+    password: Password
+
+
+class UserUpdate(_NoNulls):
+    username: Username | None = None
+    email: Email | None = None
+    password: Password | None = None
+    is_active: bool | None = None
+
+
+class ORMView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class UserPublic(ORMView):
+    id: int
+    username: str
+    is_active: bool
+    created_at: dt.datetime
+
+
+class UserPrivate(UserPublic):
+    email: str
+    balance: Decimal
+    is_admin: bool
+
+
+class PostView(ORMView):
+    id: int
+    title: str
+    content: str
+    author_id: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class UserPublicWithPosts(UserPublic):
+    posts: list[PostView]
+
+
+class UserPrivateWithPosts(UserPrivate):
+    posts: list[PostView]
+
+
+class Count(BaseModel):
+    count: int
+
+
+# --------------------------------------------------------------------------- bulk
+
+
+class BulkUserCreate(BaseModel):
+    users: Annotated[list[UserCreate], Field(min_length=1, max_length=BULK_MAX)]
+    on_conflict: Literal["abort", "skip"] = "abort"
+
+
+class BulkCreated(BaseModel):
+    created: list[UserPrivate]
+    skipped: list[int]
+
+
+class BulkConflict(BaseModel):
+    detail: str
+    conflicts: list[int]
+
+
+class BulkUserValues(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    is_active: bool
+
+
+class BulkUserUpdate(BaseModel):
+    ids: Annotated[list[Id], Field(min_length=1, max_length=BULK_MAX)]
+    values: BulkUserValues
+
+
+class BulkUserDelete(BaseModel):
+    ids: Annotated[list[Id], Field(min_length=1, max_length=BULK_MAX)]
+
+
+class BulkUpdated(BaseModel):
+    updated: int
+
+
+class BulkDeleted(BaseModel):
+    deleted: int
+
+
+# --------------------------------------------------------------------------- posts
+
+
+class PostCreate(BaseModel):
+    title: Title
+    content: Content
+
+
+class PostUpdate(_NoNulls):
+    title: Title | None = None
+    content: Content | None = None
+
+
+class PostWithAuthor(PostView):
+    author: UserPublic
+
+
+# --------------------------------------------------------------------------- money
+
+
+class TransferCreate(BaseModel):
+    to_user_id: Id
+    amount: Amount
+
+
+class Deposit(BaseModel):
+    amount: Amount
+
+
+class TransferView(ORMView):
+    id: int
+    from_user_id: int | None
+    to_user_id: int
+    amount: Decimal
+    created_at: dt.datetime
+
+
+# --------------------------------------------------------------------------- auth and operations
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+
+
+class Detail(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    database: str

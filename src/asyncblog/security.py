@@ -1,0 +1,94 @@
+"""Password hashing (Argon2id, off the event loop) and JWT access tokens (HS256)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import jwt
+from anyio import to_thread
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from asyncblog.config import Settings
+
+ALGORITHM = "HS256"
+
+
+class PasswordHasher:
+    """Argon2id hashing in worker threads (argon2 releases the GIL), a bounded number at a time.
+
+    Hashing is deliberately slow CPU work; on the event loop it would stall every other request.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._hash = PasswordHash(
+            (
+                Argon2Hasher(
+                    time_cost=settings.argon2_time_cost,
+                    memory_cost=settings.argon2_memory_cost_kib,
+                    parallelism=settings.argon2_parallelism,
+                ),
+            )
+        )
+        self._limiter = anyio.CapacityLimiter(settings.password_hash_threads)
+        self._dummy: str | None = None
+
+    async def hash(self, password: str) -> str:
+        return await to_thread.run_sync(self._hash.hash, password, limiter=self._limiter)
+
+    async def verify(self, password: str, hashed: str | None) -> bool:
+        """Check `password`; with no hash (unknown user) do the same work and return False."""
+        if hashed is None:
+            await self._verify(password, await self.dummy_hash())
+            return False
+        return await self._verify(password, hashed)
+
+    async def dummy_hash(self) -> str:
+        if self._dummy is None:
+            self._dummy = await self.hash("not a real password; used to equalise timing")
+        return self._dummy
+
+    async def _verify(self, password: str, hashed: str) -> bool:
+        try:
+            return await to_thread.run_sync(
+                self._hash.verify, password, hashed, limiter=self._limiter
+            )
+        except Exception:  # a malformed stored hash is a failed login, not a 500
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCodec:
+    secret: str
+    lifetime: dt.timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenCodec:
+        return cls(
+            settings.resolved_secret_key(),
+            dt.timedelta(minutes=settings.access_token_expire_minutes),
+        )
+
+    def issue(self, user_id: int, *, now: dt.datetime | None = None) -> str:
+        now = now or dt.datetime.now(dt.UTC)
+        claims = {"sub": str(user_id), "iat": now, "exp": now + self.lifetime, "typ": "access"}
+        return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
+
+    def user_id(self, token: str) -> int | None:
+        """The user id in a valid, unexpired access token; None for anything else."""
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "iat", "sub"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        sub = claims.get("sub")
+        if claims.get("typ") != "access" or not isinstance(sub, str) or not sub.isdigit():
+            return None
+        return int(sub)

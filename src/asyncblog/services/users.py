@@ -1,0 +1,182 @@
+"""Registration, profile changes, deletion and the admin's bulk operations on users."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from asyncblog.errors import Conflict, Forbidden, NotFound
+from asyncblog.models import User
+from asyncblog.repositories import UserRepository
+from asyncblog.schemas import BulkUserCreate, UserCreate, UserUpdate
+from asyncblog.security import PasswordHasher
+
+USER_NOT_FOUND = "User not found"
+
+
+def conflict_message(exc: IntegrityError) -> str:
+    """Which unique field a failed INSERT/UPDATE on users collided with (all three drivers name
+    the constraint or column in their message)."""
+    text = str(exc.orig).lower()
+    if "username" in text:
+        return "Username already registered"
+    if "email" in text:
+        return "Email already registered"
+    return "Username or email already registered"
+
+
+@dataclass
+class BulkOutcome:
+    created: list[User] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+
+
+class UserService:
+    def __init__(self, session: AsyncSession, hasher: PasswordHasher) -> None:
+        self.session = session
+        self.users = UserRepository(session)
+        self.hasher = hasher
+
+    # ------------------------------------------------------------------ single users
+
+    async def register(self, data: UserCreate, *, is_admin: bool = False) -> User:
+        """Create a user. Uniqueness is the database's: a concurrent twin gets a 409, not a row."""
+        hashed = await self.hasher.hash(data.password)
+        try:
+            user = await self.users.create(
+                username=data.username, email=data.email, hashed_password=hashed, is_admin=is_admin
+            )
+            await self.session.commit()
+        except IntegrityError as exc:
+            await self.session.rollback()
+            raise Conflict(conflict_message(exc)) from None
+        return user
+
+    async def get_with_posts(self, user_id: int) -> User:
+        user = await self.users.get_with_posts(user_id)
+        if user is None:
+            raise NotFound(USER_NOT_FOUND)
+        return user
+
+    async def update(self, actor: User, user_id: int, data: UserUpdate) -> User:
+        if actor.id != user_id and not actor.is_admin:
+            raise Forbidden("Not allowed to change another user")
+        changes = data.model_dump(exclude_unset=True)
+        if "is_active" in changes and not actor.is_admin:
+            raise Forbidden("Only an admin may change is_active")
+        user = actor if actor.id == user_id else await self.users.get(user_id)
+        if user is None:
+            raise NotFound(USER_NOT_FOUND)
+        if "password" in changes:
+            changes["hashed_password"] = await self.hasher.hash(changes.pop("password"))
+        if changes:
+            try:
+                await self.users.update(user, **changes)
+                await self.session.commit()
+            except IntegrityError as exc:
+                await self.session.rollback()
+                raise Conflict(conflict_message(exc)) from None
+        return user
+
+    async def delete(self, actor: User, user_id: int) -> None:
+        if actor.id != user_id and not actor.is_admin:
+            raise Forbidden("Not allowed to delete another user")
+        deleted = await self.users.delete(user_id)
+        await self.session.commit()
+        if not deleted:
+            raise NotFound(USER_NOT_FOUND)
+
+    async def ensure_admin(self, username: str, email: str, password: str) -> User | None:
+        """Create an admin unless the username is taken (then: None). Safe to race."""
+        if await self.users.get_by_username(username) is not None:
+            await self.session.commit()
+            return None
+        try:
+            return await self.register(
+                UserCreate(username=username, email=email, password=password), is_admin=True
+            )
+        except Conflict:
+            return None
+
+    # ------------------------------------------------------------------ bulk (admin)
+
+    async def bulk_create(self, data: BulkUserCreate) -> BulkOutcome:
+        """Create many users at once.
+
+        `abort`: all or nothing; any taken or repeated username/email raises Conflict with the
+        indexes. `skip`: create the others and report the skipped indexes. Conflicts are found
+        with one query, passwords are hashed with no connection held, and the rows go in with one
+        set-based INSERT. A row that a concurrent request took in between makes that INSERT fail;
+        then `skip` retries row by row, each in its own savepoint.
+        """
+        conflicts = await self._conflicts(data.users)
+        await self.session.commit()  # do not hold a connection while hashing
+        if conflicts and data.on_conflict == "abort":
+            raise Conflict("Username or email already registered", conflicts=conflicts)
+        todo = [i for i in range(len(data.users)) if i not in set(conflicts)]
+        hashes = await asyncio.gather(*(self.hasher.hash(data.users[i].password) for i in todo))
+        rows = [
+            {
+                "username": data.users[i].username,
+                "email": data.users[i].email,
+                "hashed_password": hashed,
+            }
+            for i, hashed in zip(todo, hashes, strict=True)
+        ]
+        outcome = BulkOutcome(skipped=list(conflicts))
+        try:
+            async with self.session.begin_nested():
+                outcome.created = await self.users.bulk_create(rows)
+        except IntegrityError:
+            if data.on_conflict == "abort":
+                await self.session.rollback()
+                raced = await self._conflicts(data.users)
+                await self.session.rollback()
+                raise Conflict(
+                    "Username or email already registered", conflicts=raced or todo
+                ) from None
+            outcome.created = []
+            for index, row in zip(todo, rows, strict=True):
+                try:
+                    async with self.session.begin_nested():
+                        outcome.created.extend(await self.users.bulk_create([row]))
+                except IntegrityError:
+                    outcome.skipped.append(index)
+            outcome.skipped.sort()
+        await self.session.commit()
+        return outcome
+
+    async def _conflicts(self, users: Sequence[UserCreate]) -> list[int]:
+        """Indexes whose username or email is taken in the database or by an earlier entry."""
+        taken_names, taken_mails = await self.users.taken(
+            (u.username for u in users), (u.email for u in users)
+        )
+        seen_names: set[str] = set()
+        seen_mails: set[str] = set()
+        conflicts = []
+        for index, user in enumerate(users):
+            name = user.username.lower()
+            if (
+                name in taken_names
+                or name in seen_names
+                or user.email in taken_mails
+                or user.email in seen_mails
+            ):
+                conflicts.append(index)
+            seen_names.add(name)
+            seen_mails.add(user.email)
+        return conflicts
+
+    async def bulk_set_active(self, ids: Sequence[int], is_active: bool) -> int:
+        updated = await self.users.bulk_update(ids, {"is_active": is_active})
+        await self.session.commit()
+        return updated
+
+    async def bulk_delete(self, ids: Sequence[int]) -> int:
+        deleted = await self.users.bulk_delete(ids)
+        await self.session.commit()
+        return deleted
