@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     pool_max_overflow: int = Field(default=10, ge=0, le=1000)
     pool_timeout: float = Field(default=10.0, gt=0, le=600)
     pool_recycle: int = Field(default=1800, ge=-1)
+    pool_ping_after_idle: float = Field(default=2.0, ge=0)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
 
     first_admin_username: str | None = None

@@ -6,20 +6,27 @@ the end. Per dialect:
 - SQLite (aiosqlite): WAL journal, foreign keys on, a busy timeout, and transactions begun by us
   (the driver's own implicit BEGIN is switched off) so that savepoints work and a writing request
   can take the write lock up front with ``BEGIN IMMEDIATE``.
-- PostgreSQL (asyncpg): ``pool_pre_ping``, an application name.
+- PostgreSQL (asyncpg): pooled connections pinged before use when they were idle (see
+  `_ping_idle_connections`), an application name, and reading requests in autocommit mode: a
+  single SELECT needs no BEGIN/ROLLBACK round trips around it.
 - MariaDB/MySQL (aiomysql): ``pool_recycle`` (the server closes idle connections), utf8mb4,
   READ COMMITTED.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Numeric, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,6 +34,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql import expression
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -155,7 +163,6 @@ def engine_options(settings: Settings, url: URL) -> dict[str, Any]:
         return options
     options = {**pool, "pool_recycle": settings.pool_recycle}
     if dialect == "postgresql":
-        options["pool_pre_ping"] = True
         options["connect_args"] = {"server_settings": {"application_name": "asyncblog"}}
     else:
         options["connect_args"] = {"charset": "utf8mb4"}
@@ -176,7 +183,36 @@ def create_engine(
     engine = create_async_engine(url, **options)
     if engine.dialect.name == "sqlite":
         _setup_sqlite(engine, settings, in_memory=_sqlite_in_memory(url))
+    elif "poolclass" not in overrides:
+        _ping_idle_connections(engine, settings.pool_ping_after_idle)
     return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Pre-ping, but only connections that sat idle in the pool for `idle_seconds` or more.
+
+    SQLAlchemy's `pool_pre_ping` pings on every checkout, and on asyncpg a ping outside a
+    transaction is three round trips (BEGIN, `;`, ROLLBACK): more than the query it guards. A
+    connection that was in use a moment ago is alive; one that slept may have been cut (a server
+    restart, a proxy's idle timeout). A dead one is replaced before the request sees it, and a
+    disconnect that still slips through is a 503 and invalidates the pool.
+    """
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(pool, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 def _setup_sqlite(engine: AsyncEngine, settings: Settings, *, in_memory: bool) -> None:
@@ -203,21 +239,45 @@ def _setup_sqlite(engine: AsyncEngine, settings: Settings, *, in_memory: bool) -
 class Database:
     """The engine and its session factories.
 
-    `session()` is for reading; `write_session()` is for a unit of work that writes: on SQLite it
-    takes the database's write lock when the transaction begins, so two writers queue on the busy
-    timeout instead of one failing with "database is locked" halfway through. Elsewhere the two
-    are the same.
+    `session()` is for reading (on PostgreSQL in autocommit mode: each statement sees committed
+    data, with no transaction round trips); `write_session()` is for a unit of work that writes:
+    on SQLite it takes the database's write lock when the transaction begins, so two writers
+    queue on the busy timeout instead of one failing with "database is locked" halfway through.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = "mysql" if engine.dialect.name == "mariadb" else engine.dialect.name
-        self.session = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        reader = writer = engine
         if self.dialect == "sqlite":
             writer = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-            self.write_session = async_sessionmaker(writer, expire_on_commit=False, autoflush=False)
-        else:
-            self.write_session = self.session
+        elif self.dialect == "postgresql":
+            # asyncpg applies this on the client side: no statement, no round trip.
+            reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.session = async_sessionmaker(reader, expire_on_commit=False, autoflush=False)
+        self.write_session = async_sessionmaker(writer, expire_on_commit=False, autoflush=False)
+        pool = engine.sync_engine.pool
+        size = pool.size() + max(pool._max_overflow, 0) if isinstance(pool, QueuePool) else 1
+        self.pool_timeout = pool._timeout if isinstance(pool, QueuePool) else 30.0
+        self._slots = asyncio.Semaphore(max(size, 1))
+
+    @asynccontextmanager
+    async def connection_slot(self) -> AsyncIterator[None]:
+        """Wait (at most the pool timeout) for one of the pool's connections, first come first
+        served.
+
+        The pool's own queue lets a newcomer take a connection that was just returned while an
+        older waiter is still being woken up; under overload a few requests then starve for
+        seconds. asyncio's Semaphore is FIFO and refuses to be barged, so gating checkouts
+        with one as large as the pool keeps waiting times in arrival order. A wait longer than
+        the pool timeout raises TimeoutError (a 503 for the client).
+        """
+        async with asyncio.timeout(self.pool_timeout):
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:

@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    PlainSerializer,
     StringConstraints,
     model_validator,
 )
@@ -22,9 +23,10 @@ MAX_ID = 2_147_483_647  # the id columns are 32-bit integers on every backend
 MAX_AMOUNT = Decimal("1000000000.00")
 BULK_MAX = 1000
 
+USERNAME_PATTERN = rf"[A-Za-z0-9_.\-]{{3,{USERNAME_MAX}}}"
 Username = Annotated[
     str,
-    StringConstraints(min_length=3, max_length=USERNAME_MAX, pattern=r"^[A-Za-z0-9_.\-]+$"),
+    StringConstraints(min_length=3, max_length=USERNAME_MAX, pattern=rf"^{USERNAME_PATTERN}$"),
 ]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 Email = Annotated[
@@ -33,6 +35,17 @@ Email = Annotated[
 Title = Annotated[str, StringConstraints(min_length=1, max_length=TITLE_MAX)]
 Content = Annotated[str, StringConstraints(min_length=1, max_length=CONTENT_MAX)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+# Every time in a response: UTC, microseconds, "Z" (PostgreSQL renders the same text in
+# asyncblog.repositories.documents).
+UTC_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+Timestamp = Annotated[
+    dt.datetime,
+    PlainSerializer(
+        lambda value: value.astimezone(dt.UTC).strftime(UTC_FORMAT),
+        return_type=str,
+        when_used="json",
+    ),
+]
 Amount = Annotated[
     Decimal,
     Field(gt=0, le=MAX_AMOUNT, max_digits=12, decimal_places=2, allow_inf_nan=False),
@@ -79,7 +92,7 @@ class UserPublic(ORMView):
     id: int
     username: str
     is_active: bool
-    created_at: dt.datetime
+    created_at: Timestamp
 
 
 class UserPrivate(UserPublic):
@@ -93,8 +106,8 @@ class PostView(ORMView):
     title: str
     content: str
     author_id: int
-    created_at: dt.datetime
-    updated_at: dt.datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class UserPublicWithPosts(UserPublic):
@@ -183,7 +196,7 @@ class TransferView(ORMView):
     from_user_id: int | None
     to_user_id: int
     amount: Decimal
-    created_at: dt.datetime
+    created_at: Timestamp
 
 
 # --------------------------------------------------------------------------- auth and operations

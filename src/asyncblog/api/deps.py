@@ -1,8 +1,13 @@
-"""FastAPI dependencies: the request's session, the caller, and the services."""
+"""FastAPI dependencies: the request's session, the caller, and the services.
+
+All of them are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a thread
+hop per dependency per request.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -23,47 +28,58 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 oauth2 = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
-def get_state(request: Request) -> AppState:
+def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.asyncblog
     return state
+
+
+async def get_state(request: Request) -> AppState:
+    return app_state(request)
 
 
 State = Annotated[AppState, Depends(get_state)]
 
 
-async def get_session(request: Request, state: State) -> AsyncIterator[AsyncSession]:
-    """One session per request; rolled back if the request fails. Writing requests get a
-    write session (on SQLite: BEGIN IMMEDIATE)."""
-    db = state.db
-    factory = db.session if request.method in READ_METHODS else db.write_session
-    async with factory() as session:
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request, rolled back if the request fails. Writing requests get a write
+    session (on SQLite: BEGIN IMMEDIATE). The request first waits, in arrival order, for one of
+    the pool's connections (`Database.connection_slot`)."""
+    db = app_state(request).db
+    async with db.connection_slot():
+        factory = db.session if request.method in READ_METHODS else db.write_session
+        async with factory() as session:
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
 
 
 Session = Annotated[AsyncSession, Depends(get_session)]
 Token = Annotated[str | None, Depends(oauth2)]
 
 
-def auth_service(session: Session, state: State) -> AuthService:
+async def auth_service(session: Session, request: Request) -> AuthService:
+    state = app_state(request)
     return AuthService(session, state.hasher, state.tokens)
 
 
 Auth = Annotated[AuthService, Depends(auth_service)]
 
 
-async def optional_user(token: Token, auth: Auth) -> User | None:
+async def optional_user(token: Token, session: Session, request: Request) -> User | None:
     """The caller when a token is sent (an invalid one is a 401), else None."""
-    return await auth.caller(token) if token is not None else None
+    if token is None:
+        return None
+    state = app_state(request)
+    return await AuthService(session, state.hasher, state.tokens).caller(token)
 
 
-async def current_user(token: Token, auth: Auth) -> User:
+async def current_user(token: Token, session: Session, request: Request) -> User:
     if token is None:
         raise Unauthorized(INVALID_TOKEN)
-    return await auth.caller(token)
+    state = app_state(request)
+    return await AuthService(session, state.hasher, state.tokens).caller(token)
 
 
 async def current_admin(user: Annotated[User, Depends(current_user)]) -> User:
@@ -77,15 +93,15 @@ CurrentUser = Annotated[User, Depends(current_user)]
 CurrentAdmin = Annotated[User, Depends(current_admin)]
 
 
-def user_service(session: Session, state: State) -> UserService:
-    return UserService(session, state.hasher)
+async def user_service(session: Session, request: Request) -> UserService:
+    return UserService(session, app_state(request).hasher)
 
 
-def post_service(session: Session) -> PostService:
+async def post_service(session: Session) -> PostService:
     return PostService(session)
 
 
-def transfer_service(session: Session) -> TransferService:
+async def transfer_service(session: Session) -> TransferService:
     return TransferService(session)
 
 
@@ -94,18 +110,21 @@ Posts = Annotated[PostService, Depends(post_service)]
 Transfers = Annotated[TransferService, Depends(transfer_service)]
 
 
+@dataclass(frozen=True, slots=True)
 class Page:
-    """`skip`, `limit` and `after_id` query parameters."""
-
-    def __init__(
-        self,
-        skip: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-        limit: Annotated[int, Query(ge=1, le=100)] = 100,
-        after_id: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
-    ) -> None:
-        self.skip = skip
-        self.limit = limit
-        self.after_id = after_id
+    skip: int
+    limit: int
+    after_id: int | None
 
 
-PageParams = Annotated[Page, Depends()]
+async def page_params(
+    skip: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 100,
+    after_id: Annotated[int | None, Query(ge=0)] = None,
+) -> Page:
+    """`skip`, `limit` and `after_id` query parameters. Ids are 32-bit, so an offset or cursor
+    past 2**31 - 1 is past the end: it is clamped there (an empty page), never sent as is."""
+    return Page(min(skip, MAX_ID), limit, min(after_id, MAX_ID) if after_id is not None else None)
+
+
+PageParams = Annotated[Page, Depends(page_params)]

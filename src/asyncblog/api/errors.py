@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
@@ -38,7 +40,19 @@ async def data_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "A value is out of range for the database"}, 422)
 
 
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, except that a password's value is never echoed back."""
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        if any("password" in str(part) for part in error.get("loc", ())):
+            error = {key: value for key, value in error.items() if key not in ("input", "ctx")}
+        errors.append(error)
+    return JSONResponse({"detail": jsonable_encoder(errors)}, 422)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(sa_exc.IntegrityError, integrity_error)
     app.add_exception_handler(sa_exc.DataError, data_error)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import selectinload
 
 from asyncblog.models import User
 from asyncblog.repositories.base import Repository
@@ -13,10 +12,6 @@ from asyncblog.repositories.base import Repository
 
 class UserRepository(Repository[User]):
     model = User
-
-    async def get_with_posts(self, user_id: int) -> User | None:
-        """The user and all its posts (id ascending), loaded eagerly."""
-        return await self.get(user_id, options=[selectinload(User.posts)])
 
     async def get_by_username(self, username: str) -> User | None:
         # The column's collation makes this comparison case-insensitive on every backend.

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncblog.errors import BadRequest, Unauthorized
-from asyncblog.models import USERNAME_MAX, User
+from asyncblog.models import User
 from asyncblog.repositories import UserRepository
+from asyncblog.schemas import USERNAME_PATTERN
 from asyncblog.security import PasswordHasher, TokenCodec
 
 WRONG_CREDENTIALS = "Incorrect username or password"
+# MariaDB's PAD SPACE collations would match "alice " to "alice": only well-formed names are
+# looked up at all.
+USERNAME = re.compile(USERNAME_PATTERN)
 INVALID_TOKEN = "Could not validate credentials"
 
 
@@ -27,7 +33,7 @@ class AuthService:
         answer, so neither the status nor the timing tells which usernames exist.
         """
         user = None
-        if 0 < len(username) <= USERNAME_MAX:
+        if USERNAME.fullmatch(username):  # else no such user can exist; skip the query
             user = await self.users.get_by_username(username)
         # Release the connection before the slow, CPU-bound verification.
         await self.session.commit()

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from asyncblog.errors import Conflict, Forbidden, NotFound
 from asyncblog.models import User
 from asyncblog.repositories import UserRepository
+from asyncblog.repositories.documents import DocumentRepository
 from asyncblog.schemas import BulkUserCreate, UserCreate, UserUpdate
 from asyncblog.security import PasswordHasher
 
@@ -19,12 +20,13 @@ USER_NOT_FOUND = "User not found"
 
 
 def conflict_message(exc: IntegrityError) -> str:
-    """Which unique field a failed INSERT/UPDATE on users collided with (all three drivers name
-    the constraint or column in their message)."""
+    """Which unique field a failed INSERT/UPDATE on users collided with. PostgreSQL and MariaDB
+    name the constraint (`uq_users_email`), SQLite the column (`users.email`); MariaDB also
+    quotes the duplicate value, so match those names, never a bare word."""
     text = str(exc.orig).lower()
-    if "username" in text:
+    if "uq_users_username" in text or "users.username" in text:
         return "Username already registered"
-    if "email" in text:
+    if "uq_users_email" in text or "users.email" in text:
         return "Email already registered"
     return "Username or email already registered"
 
@@ -56,11 +58,12 @@ class UserService:
             raise Conflict(conflict_message(exc)) from None
         return user
 
-    async def get_with_posts(self, user_id: int) -> User:
-        user = await self.users.get_with_posts(user_id)
-        if user is None:
+    async def document_with_posts(self, user_id: int, *, private: bool) -> bytes:
+        """The user's view with its posts, as the JSON document of the response."""
+        document = await DocumentRepository(self.session).user_with_posts(user_id, private=private)
+        if document is None:
             raise NotFound(USER_NOT_FOUND)
-        return user
+        return document
 
     async def update(self, actor: User, user_id: int, data: UserUpdate) -> User:
         if actor.id != user_id and not actor.is_admin:

@@ -29,8 +29,6 @@ router = APIRouter(prefix="/users", tags=["users"])
 UserId = Annotated[int, Path(description="A user id")]
 PUBLIC_LIST: View[list[UserPublic]] = View(list[UserPublic])
 PRIVATE_LIST: View[list[UserPrivate]] = View(list[UserPrivate])
-PUBLIC_WITH_POSTS: View[UserPublicWithPosts] = View(UserPublicWithPosts)
-PRIVATE_WITH_POSTS: View[UserPrivateWithPosts] = View(UserPrivateWithPosts)
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Detail},
     403: {"model": Detail},
@@ -80,9 +78,9 @@ async def me(user: CurrentUser) -> UserPrivate:
     description="The private view when the caller is that user or an admin.",
 )
 async def get_user(user_id: UserId, users: Users, caller: OptionalUser) -> Response:
-    user = await users.get_with_posts(user_id)
-    private = caller is not None and (caller.id == user.id or caller.is_admin)
-    return (PRIVATE_WITH_POSTS if private else PUBLIC_WITH_POSTS).render(user)
+    private = caller is not None and (caller.id == user_id or caller.is_admin)
+    document = await users.document_with_posts(user_id, private=private)
+    return Response(document, media_type="application/json")
 
 
 @router.patch(
