@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     pool_recycle: int = Field(default=1800, ge=-1)
     pool_ping_after_idle: float = Field(default=2.0, ge=0)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    # A statement running longer is cancelled by the database (503 for the client); 0: no limit.
+    statement_timeout_ms: int = Field(default=5000, ge=0)
+    db_connect_timeout: float = Field(default=3.0, gt=0, le=120)
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    cors_origins: list[str] = Field(default_factory=list)
+    # Failed logins: after this many for one username or one client address within the
+    # window, further attempts get 429 until the window passes. REDIS_URL shares the counts
+    # between processes; without it they are per process.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_failure_window_seconds: int = Field(default=300, ge=1)
+    redis_url: str | None = None
 
     first_admin_username: str | None = None
     first_admin_email: str | None = None

@@ -162,10 +162,26 @@ def engine_options(settings: Settings, url: URL) -> dict[str, Any]:
             options.update(pool)
         return options
     options = {**pool, "pool_recycle": settings.pool_recycle}
+    timeout_ms = settings.statement_timeout_ms
     if dialect == "postgresql":
-        options["connect_args"] = {"server_settings": {"application_name": "asyncblog"}}
+        server_settings = {"application_name": "asyncblog", "timezone": "UTC"}
+        if timeout_ms:
+            # statement_timeout also bounds waiting for a row lock held by someone else.
+            server_settings["statement_timeout"] = str(timeout_ms)
+        options["connect_args"] = {
+            "server_settings": server_settings,
+            "timeout": settings.db_connect_timeout,
+        }
     else:
-        options["connect_args"] = {"charset": "utf8mb4"}
+        assignments = ["time_zone = '+00:00'"]
+        if timeout_ms:
+            assignments.append(f"max_statement_time = {timeout_ms / 1000:.3f}")
+            assignments.append(f"innodb_lock_wait_timeout = {max(1, -(-timeout_ms // 1000))}")
+        options["connect_args"] = {
+            "charset": "utf8mb4",
+            "connect_timeout": max(1, round(settings.db_connect_timeout)),
+            "init_command": "SET " + ", ".join(f"SESSION {a}" for a in assignments),
+        }
         options["isolation_level"] = "READ COMMITTED"
     return options
 

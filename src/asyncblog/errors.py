@@ -8,9 +8,10 @@ from typing import Any
 class ServiceError(Exception):
     status_code = 400
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -38,6 +39,10 @@ class Invalid(ServiceError):
     """A request that validates field by field but not as a whole (a transfer to oneself)."""
 
     status_code = 422
+
+
+class TooManyRequests(ServiceError):
+    status_code = 429
 
 
 class Unavailable(ServiceError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,23 +73,44 @@ class TokenCodec:
             dt.timedelta(minutes=settings.access_token_expire_minutes),
         )
 
-    def issue(self, user_id: int, *, now: dt.datetime | None = None) -> str:
+    def issue(self, user_id: int, hashed_password: str, *, now: dt.datetime | None = None) -> str:
         now = now or dt.datetime.now(dt.UTC)
-        claims = {"sub": str(user_id), "iat": now, "exp": now + self.lifetime, "typ": "access"}
+        claims = {
+            "sub": str(user_id),
+            "pwd": password_stamp(hashed_password),
+            "iat": now,
+            "exp": now + self.lifetime,
+            "typ": "access",
+        }
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
-    def user_id(self, token: str) -> int | None:
-        """The user id in a valid, unexpired access token; None for anything else."""
+    def decode(self, token: str) -> AccessClaims | None:
+        """The claims of a valid, unexpired access token; None for anything else (a bad
+        signature, another algorithm, `alg: none`, a missing claim)."""
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 self.secret,
                 algorithms=[ALGORITHM],
-                options={"require": ["exp", "iat", "sub"]},
+                options={"require": ["exp", "iat", "sub", "pwd"]},
             )
         except jwt.PyJWTError:
             return None
-        sub = claims.get("sub")
+        sub, stamp = claims.get("sub"), claims.get("pwd")
         if claims.get("typ") != "access" or not isinstance(sub, str) or not sub.isdigit():
             return None
-        return int(sub)
+        if not isinstance(stamp, str):
+            return None
+        return AccessClaims(int(sub), stamp)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: int
+    password_stamp: str
+
+
+def password_stamp(hashed_password: str) -> str:
+    """A short digest of the user's current (salted) password hash, carried in each token: a
+    password change gives a new hash, so every token issued before it stops matching."""
+    return hashlib.sha256(hashed_password.encode()).hexdigest()[:16]

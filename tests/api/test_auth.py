@@ -50,6 +50,12 @@ def now() -> int:
     return int(dt.datetime.now(dt.UTC).timestamp())
 
 
+async def real_claims(api: Api, username: str) -> dict[str, Any]:
+    """The claims of a genuine token for this user (to forge variants that differ in one way)."""
+    token = (await api.login(username))["Authorization"].removeprefix("Bearer ")
+    return unb64(token.split(".")[1])
+
+
 # ------------------------------------------------------------------------------- POST /auth/token
 
 
@@ -188,8 +194,7 @@ async def test_tampered_payload_is_401(api: Api) -> None:
 
 async def test_token_signed_with_another_key_is_401(api: Api) -> None:
     user = await api.register()
-    t = now()
-    claims = {"sub": str(user["id"]), "iat": t, "exp": t + 3600, "typ": "access"}
+    claims = await real_claims(api, user["username"])
     token = jwt.encode(claims, "another-secret-key-that-is-long-enough-xx", algorithm="HS256")
     await assert_rejected(api, bearer(token))
     # the same claims with the right key are accepted: the key is what made the difference
@@ -201,19 +206,28 @@ async def test_token_signed_with_another_key_is_401(api: Api) -> None:
 
 async def test_expired_token_is_401(api: Api) -> None:
     user = await api.register()
+    claims = await real_claims(api, user["username"])
     past = now() - 3600
     token = jwt.encode(
-        {"sub": str(user["id"]), "iat": past - 3600, "exp": past, "typ": "access"},
-        api.state.tokens.secret,
-        algorithm="HS256",
+        {**claims, "iat": past - 3600, "exp": past}, api.state.tokens.secret, algorithm="HS256"
     )
+    await assert_rejected(api, bearer(token))
+    # the same claims, unexpired, are accepted: the expiry is what made the difference
+    fresh = jwt.encode({**claims, "exp": now() + 600}, api.state.tokens.secret, algorithm="HS256")
+    assert (await api.client.get("/users/me", headers=bearer(fresh))).status_code == 200
+
+
+async def test_token_without_password_stamp_is_401(api: Api) -> None:
+    user = await api.register()
+    claims = await real_claims(api, user["username"])
+    del claims["pwd"]
+    token = jwt.encode(claims, api.state.tokens.secret, algorithm="HS256")
     await assert_rejected(api, bearer(token))
 
 
 async def test_alg_none_token_is_401(api: Api) -> None:
     user = await api.register()
-    t = now()
-    claims = {"sub": str(user["id"]), "iat": t, "exp": t + 3600, "typ": "access"}
+    claims = await real_claims(api, user["username"])
     unsigned = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
     await assert_rejected(api, bearer(unsigned))
     none_upper = f"{b64({'alg': 'None', 'typ': 'JWT'})}.{b64(claims)}."
@@ -224,21 +238,16 @@ async def test_alg_none_token_is_401(api: Api) -> None:
 async def test_token_with_other_algorithm_is_401(api: Api) -> None:
     """HS512 with the server's own key is still not the algorithm the server issues."""
     user = await api.register()
-    t = now()
-    claims = {"sub": str(user["id"]), "iat": t, "exp": t + 3600, "typ": "access"}
+    claims = await real_claims(api, user["username"])
     token = jwt.encode(claims, api.state.tokens.secret, algorithm="HS512")
     await assert_rejected(api, bearer(token))
 
 
 @pytest.mark.parametrize("sub", ["999999", "0", "-1", "99999999999999999999", "abc", ""])
 async def test_token_for_unknown_or_malformed_subject_is_401(api: Api, sub: str) -> None:
-    await api.register()
-    t = now()
-    token = jwt.encode(
-        {"sub": sub, "iat": t, "exp": t + 3600, "typ": "access"},
-        api.state.tokens.secret,
-        algorithm="HS256",
-    )
+    user = await api.register()
+    claims = await real_claims(api, user["username"])
+    token = jwt.encode({**claims, "sub": sub}, api.state.tokens.secret, algorithm="HS256")
     await assert_rejected(api, bearer(token))
 
 
@@ -271,10 +280,9 @@ async def test_optional_auth_route_rejects_invalid_token(api: Api) -> None:
     response = await api.client.get(f"/users/{user['id']}")
     assert response.status_code == 200
     t = now()
+    claims = await real_claims(api, user["username"])
     expired = jwt.encode(
-        {"sub": str(user["id"]), "iat": t - 7200, "exp": t - 3600, "typ": "access"},
-        api.state.tokens.secret,
-        algorithm="HS256",
+        {**claims, "iat": t - 7200, "exp": t - 3600}, api.state.tokens.secret, algorithm="HS256"
     )
     for token in ("garbage", expired):
         await assert_rejected(api, bearer(token), f"/users/{user['id']}")

@@ -451,8 +451,23 @@ async def test_patch_self_username_email_password(api: Api) -> None:
     assert row.username == "renamed"
     assert row.email == "new.mail@example.com"
     assert row.hashed_password.startswith("$argon2")
+    # A password change ends the tokens issued before it; a new login works.
     me = await api.client.get("/users/me", headers=headers)
+    assert me.status_code == 401
+    fresh = {"Authorization": f"Bearer {new.json()['access_token']}"}
+    me = await api.client.get("/users/me", headers=fresh)
     assert me.json()["username"] == "renamed"
+
+
+async def test_patch_username_keeps_tokens_valid(api: Api) -> None:
+    user, headers = await api.user()
+    response = await api.client.patch(
+        f"/users/{user['id']}", json={"username": "still-me"}, headers=headers
+    )
+    assert response.status_code == 200
+    me = await api.client.get("/users/me", headers=headers)
+    assert me.status_code == 200
+    assert me.json()["username"] == "still-me"
 
 
 async def test_patch_empty_body_changes_nothing(api: Api) -> None:

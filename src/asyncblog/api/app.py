@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from asyncblog import __version__
 from asyncblog.api import errors
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
             yield
         finally:
             if owned:
+                await current.throttle.counter.close()
                 await current.db.dispose()
 
     app = FastAPI(
@@ -53,10 +55,18 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         version=__version__,
         description="Users, posts and money transfers over async SQLAlchemy.",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
     )
     if state is not None:
         app.state.asyncblog = state
     errors.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+        )
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.include_router(health.router)
     app.include_router(auth.router)

@@ -61,7 +61,7 @@ Token = Annotated[str | None, Depends(oauth2)]
 
 async def auth_service(session: Session, request: Request) -> AuthService:
     state = app_state(request)
-    return AuthService(session, state.hasher, state.tokens)
+    return AuthService(session, state.hasher, state.tokens, state.throttle)
 
 
 Auth = Annotated[AuthService, Depends(auth_service)]

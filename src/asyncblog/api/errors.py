@@ -19,9 +19,11 @@ DB_UNAVAILABLE = "Database unavailable"
 
 async def service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    headers = dict(exc.headers)
+    if exc.status_code == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
     if exc.status_code == 503:
-        headers = {"Retry-After": "1"}
+        headers.setdefault("Retry-After", "1")
     return JSONResponse({"detail": exc.detail, **exc.extra}, exc.status_code, headers=headers)
 
 

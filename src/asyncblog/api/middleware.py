@@ -18,12 +18,22 @@ error_logger = logging.getLogger("asyncblog.error")
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 INTERNAL_ERROR = orjson.dumps({"detail": "Internal server error"})
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
+]
+# The API answers JSON; /docs is the one HTML page and loads its assets from a CDN.
+API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 
 
 class RequestContextMiddleware:
     """Gives every request an id (the client's `X-Request-ID` if sane, else a new one), returns
-    it in the response, logs one line per request, and turns an unhandled exception into a JSON
-    500 that says nothing about the cause (the traceback goes to the log)."""
+    it in the response with the security headers, logs one line per request, and turns an
+    unhandled exception into a JSON 500 that says nothing about the cause (the traceback goes to
+    the log)."""
 
     def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
@@ -42,7 +52,12 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append("X-Request-ID", rid)
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", rid)
+                raw = headers.raw
+                raw.extend(SECURITY_HEADERS)
+                if not scope["path"].startswith(("/docs", "/redoc")):
+                    raw.append(API_CSP)
             await send(message)
 
         try:

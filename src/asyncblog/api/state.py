@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from asyncblog.config import Settings
 from asyncblog.db import Database
 from asyncblog.security import PasswordHasher, TokenCodec
+from asyncblog.throttle import LoginThrottle
 
 
 @dataclass
@@ -15,6 +16,7 @@ class AppState:
     db: Database
     hasher: PasswordHasher
     tokens: TokenCodec
+    throttle: LoginThrottle
 
     @classmethod
     def build(cls, settings: Settings, db: Database | None = None) -> AppState:
@@ -23,4 +25,5 @@ class AppState:
             db=db or Database.from_settings(settings),
             hasher=PasswordHasher(settings),
             tokens=TokenCodec.from_settings(settings),
+            throttle=LoginThrottle.from_settings(settings),
         )

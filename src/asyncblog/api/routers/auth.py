@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 
 from asyncblog.api.deps import Auth
@@ -14,7 +14,10 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 @router.post(
     "/token",
     response_model=Token,
-    responses={401: {"model": Detail}, 400: {"model": Detail}},
+    responses={401: {"model": Detail}, 400: {"model": Detail}, 429: {"model": Detail}},
 )
-async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: Auth) -> Token:
-    return Token(access_token=await auth.login(form.username, form.password))
+async def login(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: Auth, request: Request
+) -> Token:
+    client = request.client.host if request.client else None
+    return Token(access_token=await auth.login(form.username, form.password, client))
