@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Annotated, NoReturn
+from collections.abc import Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import SQLAlchemyError
 
 from asyncblog.config import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
 
 cli = typer.Typer(
     name="asyncblog", help="Users, posts and money over async SQLAlchemy.", no_args_is_help=True
@@ -20,8 +24,28 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]asyncblog:[/] {message}", highlight=False)
+    err.print(f"[bold red]asyncblog:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _run_db(what: str, coro: Coroutine[Any, Any, T]) -> T:
+    """Run a database command; a database that is unreachable or not migrated is one line
+    (exit 1), not a traceback."""
+    try:
+        return asyncio.run(coro)
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        hint = (
+            " (run `asyncblog migrate` first?)"
+            if "no such table" in str(exc).lower()
+            or ("doesn't exist" in str(exc).lower() or "does not exist" in str(exc).lower())
+            else ""
+        )
+        _fail(f"{what} failed: {_one_line(exc)}{hint}", 1)
 
 
 def _settings() -> Settings:
@@ -40,7 +64,7 @@ def _migrate(settings: Settings, revision: str = "head") -> None:
     try:
         migrations.upgrade(settings.url, revision)
     except Exception as exc:  # a database that cannot be reached is one line, not a traceback
-        _fail(f"migration failed: {type(exc).__name__}: {str(exc).splitlines()[0]}", 1)
+        _fail(f"migration failed: {_one_line(exc)}", 1)
 
 
 @cli.command()
@@ -89,7 +113,11 @@ def downgrade(revision: Annotated[str, typer.Argument()]) -> None:
     """Downgrade the database schema to REVISION (`base` removes every table)."""
     from asyncblog import migrations
 
-    migrations.downgrade(_settings().url, revision)
+    settings = _settings()
+    try:
+        migrations.downgrade(settings.url, revision)
+    except Exception as exc:
+        _fail(f"downgrade failed: {_one_line(exc)}", 1)
 
 
 @cli.command("create-admin")
@@ -123,7 +151,7 @@ def create_admin(
             await state.db.dispose()
 
     try:
-        user_id = asyncio.run(run())
+        user_id = _run_db("create-admin", run())
     except Conflict as exc:
         _fail(exc.detail, 1)
     err.print(f"created admin {data.username!r} with id {user_id}")
@@ -157,7 +185,8 @@ def seed(
     with progress:
         user_task = progress.add_task("users", total=users)
         post_task = progress.add_task("posts", total=users * posts_per_user)
-        asyncio.run(
+        _run_db(
+            "seed",
             seed_database(
                 settings,
                 users=users,
@@ -166,7 +195,7 @@ def seed(
                 batch=batch,
                 on_users=lambda n: progress.advance(user_task, n),
                 on_posts=lambda n: progress.advance(post_task, n),
-            )
+            ),
         )
     err.print(
         f"seeded {users} users and {users * posts_per_user} posts "

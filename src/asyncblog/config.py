@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         try:
             url = make_url(value)
         except ArgumentError as exc:
-            raise ValueError(f"not a database URL: {value!r}") from exc
+            raise ValueError("not a database URL (expected dialect+driver://...)") from exc
         if url.drivername not in SUPPORTED_DRIVERS:
             raise ValueError(
                 f"unsupported driver {url.drivername!r}; use one of {', '.join(SUPPORTED_DRIVERS)}"

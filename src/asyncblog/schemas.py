@@ -32,8 +32,21 @@ Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 Email = Annotated[
     EmailStr, Field(max_length=EMAIL_MAX), AfterValidator(lambda value: value.lower())
 ]
-Title = Annotated[str, StringConstraints(min_length=1, max_length=TITLE_MAX)]
-Content = Annotated[str, StringConstraints(min_length=1, max_length=CONTENT_MAX)]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL's text cannot hold U+0000; refuse it everywhere alike rather than per backend.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    return value
+
+
+Title = Annotated[
+    str, StringConstraints(min_length=1, max_length=TITLE_MAX), AfterValidator(_no_nul)
+]
+Content = Annotated[
+    str, StringConstraints(min_length=1, max_length=CONTENT_MAX), AfterValidator(_no_nul)
+]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 # Every time in a response: UTC, microseconds, "Z" (PostgreSQL renders the same text in
 # asyncblog.repositories.documents).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -42,6 +43,18 @@ async def data_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "A value is out of range for the database"}, 422)
 
 
+def _printable(value: Any) -> Any:
+    """`value` with every string made encodable as UTF-8 (a lone surrogate from a JSON escape
+    such as "\\ud800" becomes U+FFFD), so that echoing bad input cannot itself fail."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, except that a password's value is never echoed back."""
     assert isinstance(exc, RequestValidationError)
@@ -50,7 +63,19 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         if any("password" in str(part) for part in error.get("loc", ())):
             error = {key: value for key, value in error.items() if key not in ("input", "ctx")}
         errors.append(error)
-    return JSONResponse({"detail": jsonable_encoder(errors)}, 422)
+    return JSONResponse({"detail": _printable(jsonable_encoder(errors))}, 422)
+
+
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A driver error no narrower handler took: bad data (SQLSTATE class 22) is the client's
+    422; a lost connection or a cancelled statement is a 503; anything else is a bug (500)."""
+    assert isinstance(exc, sa_exc.DBAPIError)
+    sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+    if sqlstate.startswith("22"):
+        return await data_error(request, exc)
+    if exc.connection_invalidated or sqlstate in ("57014", "57P01", "08006", "08003"):
+        return await database_unavailable(request, exc)
+    raise exc
 
 
 def install(app: FastAPI) -> None:
@@ -58,6 +83,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(sa_exc.IntegrityError, integrity_error)
     app.add_exception_handler(sa_exc.DataError, data_error)
+    app.add_exception_handler(sa_exc.DBAPIError, database_error)
     for unavailable in (
         sa_exc.OperationalError,
         sa_exc.InterfaceError,

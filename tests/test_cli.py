@@ -1,0 +1,441 @@
+"""The real `asyncblog` console script, run as a subprocess: migrate, seed, create-admin, serve,
+and what a bad setting looks like on the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from asyncblog.api.app import create_app
+from asyncblog.api.state import AppState
+from asyncblog.config import Settings
+from asyncblog.db import create_engine
+from tests.conftest import drop_database, new_database, settings_for
+
+
+def _script() -> str:
+    sibling = Path(sys.executable).with_name("asyncblog")
+    found = str(sibling) if sibling.exists() else shutil.which("asyncblog")
+    assert found, "the asyncblog console script is not installed"
+    return found
+
+
+ASYNCBLOG = _script()
+CHEAP_ARGON2 = {
+    "ARGON2_TIME_COST": "1",
+    "ARGON2_MEMORY_COST_KIB": "1024",
+    "ARGON2_PARALLELISM": "1",
+}
+
+
+def cli_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The parent's environment minus every asyncblog setting, plus these."""
+    names = {name.upper() for name in Settings.model_fields} | {"HOST", "PORT", "COLUMNS"}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env.update(CHEAP_ARGON2)
+    env["DATABASE_URL"] = database_url
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 (our own console script, fixed arguments)
+        [ASYNCBLOG, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Path) -> Path:
+    return tmp_path / "db" / "blog.db"
+
+
+@pytest.fixture
+def env(sqlite_file: Path) -> dict[str, str]:
+    return cli_env(f"sqlite+aiosqlite:///{sqlite_file}")
+
+
+def query(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute(sql, params).fetchall())
+
+
+def tables(db: Path) -> set[str]:
+    return {str(row[0]) for row in query(db, "SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def verifies(password: str, hashed: str) -> bool:
+    return PasswordHash((Argon2Hasher(),)).verify(password, hashed)
+
+
+# ---------------------------------------------------------------------------- migrate
+
+
+def test_migrate_creates_the_tables(env: dict[str, str], sqlite_file: Path, tmp_path: Path) -> None:
+    assert not sqlite_file.exists()
+    ok(run_cli("migrate", env=env, cwd=tmp_path))
+    assert {"users", "posts", "transfers", "alembic_version"} <= tables(sqlite_file)
+    assert query(sqlite_file, "SELECT count(*) FROM users") == [(0,)]
+    # Running it again is harmless.
+    ok(run_cli("migrate", env=env, cwd=tmp_path))
+    assert len(query(sqlite_file, "SELECT version_num FROM alembic_version")) == 1
+
+
+# ---------------------------------------------------------------------------- seed
+
+
+async def test_seed_sqlite(env: dict[str, str], sqlite_file: Path, tmp_path: Path) -> None:
+    ok(await asyncio.to_thread(run_cli, "migrate", env=env, cwd=tmp_path))
+    ok(
+        await asyncio.to_thread(
+            run_cli, "seed", "--users", "50", "--posts-per-user", "3", env=env, cwd=tmp_path
+        )
+    )
+    assert query(sqlite_file, "SELECT count(*) FROM users") == [(50,)]
+    assert query(sqlite_file, "SELECT count(*) FROM posts") == [(150,)]
+    per_author = query(
+        sqlite_file,
+        "SELECT u.username, count(p.id) FROM users u LEFT JOIN posts p ON p.author_id = u.id "
+        "GROUP BY u.id ORDER BY u.id",
+    )
+    assert len(per_author) == 50
+    assert {count for _, count in per_author} == {3}
+    assert len({name for name, _ in per_author}) == 50
+    (hashed,) = query(sqlite_file, "SELECT hashed_password FROM users ORDER BY id LIMIT 1")[0]
+    assert isinstance(hashed, str) and hashed.startswith("$argon2")
+    assert verifies("password123", hashed)
+
+    # A seeded user logs in through the app and sees itself.
+    url = f"sqlite+aiosqlite:///{sqlite_file}"
+    state = AppState.build(settings_for(url))
+    try:
+        transport = httpx.ASGITransport(app=create_app(state=state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            name = str(per_author[-1][0])
+            response = await client.post(
+                "/auth/token", data={"username": name, "password": "password123"}
+            )
+            assert response.status_code == 200, response.text
+            headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+            me = await client.get("/users/me", headers=headers)
+            assert me.status_code == 200
+            assert me.json()["username"] == name
+            assert me.json()["balance"] == "0.00"
+            posts = await client.get("/posts", params={"author_id": me.json()["id"]})
+            assert len(posts.json()) == 3
+            wrong = await client.post(
+                "/auth/token", data={"username": name, "password": "wrong-password"}
+            )
+            assert wrong.status_code == 401
+    finally:
+        await state.db.dispose()
+
+
+@pytest.mark.parametrize("backend_name", ["postgresql", "mariadb"])
+async def test_seed_on_a_server_database(tmp_path: Path, backend_name: str) -> None:
+    url: URL = await new_database(backend_name, tmp_path)
+    try:
+        env = cli_env(url.render_as_string(hide_password=False))
+        ok(await asyncio.to_thread(run_cli, "migrate", env=env, cwd=tmp_path))
+        ok(
+            await asyncio.to_thread(
+                run_cli, "seed", "--users", "50", "--posts-per-user", "3", env=env, cwd=tmp_path
+            )
+        )
+        engine = create_engine(settings_for(url), url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                assert await conn.scalar(text("SELECT count(*) FROM users")) == 50
+                assert await conn.scalar(text("SELECT count(*) FROM posts")) == 150
+                rows = (
+                    await conn.execute(
+                        text(
+                            "SELECT u.id, count(p.id) FROM users u "
+                            "LEFT JOIN posts p ON p.author_id = u.id GROUP BY u.id"
+                        )
+                    )
+                ).all()
+                assert len(rows) == 50
+                assert {count for _, count in rows} == {3}
+                hashed = await conn.scalar(text("SELECT hashed_password FROM users LIMIT 1"))
+                assert verifies("password123", str(hashed))
+        finally:
+            await engine.dispose()
+    finally:
+        await drop_database(backend_name, url)
+
+
+# ---------------------------------------------------------------------------- create-admin
+
+
+def test_create_admin(env: dict[str, str], sqlite_file: Path, tmp_path: Path) -> None:
+    ok(run_cli("migrate", env=env, cwd=tmp_path))
+    args = ("create-admin", "--username", "root1", "--email", "root1@example.com")
+    result = ok(run_cli(*args, "--password", "adminpass1", env=env, cwd=tmp_path))
+    assert "adminpass1" not in result.stdout + result.stderr
+    rows = query(
+        sqlite_file, "SELECT username, email, is_admin, is_active, hashed_password FROM users"
+    )
+    assert len(rows) == 1
+    username, email, is_admin, is_active, hashed = rows[0]
+    assert (username, email, is_admin, is_active) == ("root1", "root1@example.com", 1, 1)
+    assert isinstance(hashed, str) and hashed != "adminpass1"
+    assert verifies("adminpass1", hashed)
+
+
+@pytest.mark.parametrize(
+    ("username", "email", "field"),
+    [
+        ("root1", "another@example.com", "username"),
+        ("ROOT1", "another@example.com", "username"),
+        ("another", "root1@example.com", "email"),
+    ],
+)
+def test_create_admin_twice_fails_cleanly(
+    env: dict[str, str],
+    sqlite_file: Path,
+    tmp_path: Path,
+    username: str,
+    email: str,
+    field: str,
+) -> None:
+    ok(run_cli("migrate", env=env, cwd=tmp_path))
+    first = ("--username", "root1", "--email", "root1@example.com", "--password", "adminpass1")
+    ok(run_cli("create-admin", *first, env=env, cwd=tmp_path))
+
+    again = ("--username", username, "--email", email, "--password", "adminpass2")
+    result = run_cli("create-admin", *again, env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    message = result.stderr.strip()
+    assert message, "a failure says why"
+    assert field in message.lower()
+    assert "already" in message.lower()
+    assert query(sqlite_file, "SELECT username FROM users") == [("root1",)]
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("--username", "r", "--email", "r@example.com", "--password", "adminpass1"), "username"),
+        (("--username", "root2", "--email", "nope", "--password", "adminpass1"), "email"),
+        (("--username", "root3", "--email", "r3@example.com", "--password", "short"), "password"),
+    ],
+)
+def test_create_admin_with_invalid_input_fails_cleanly(
+    env: dict[str, str], sqlite_file: Path, tmp_path: Path, args: tuple[str, ...], field: str
+) -> None:
+    ok(run_cli("migrate", env=env, cwd=tmp_path))
+    result = run_cli("create-admin", *args, env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert field in result.stderr.lower()
+    assert query(sqlite_file, "SELECT count(*) FROM users") == [(0,)]
+
+
+# ---------------------------------------------------------------------------- bad settings
+
+
+ADMIN_ARGS = ("--username", "root9", "--email", "r9@example.com", "--password", "adminpass9")
+
+
+@pytest.mark.parametrize(
+    ("url", "args"),
+    [
+        ("oracle://x", ("migrate",)),
+        ("oracle://x", ("seed", "--users", "1")),
+        ("oracle://x", ("create-admin", *ADMIN_ARGS)),
+        ("oracle://x", ("serve",)),
+        ("oracle://x", ("downgrade", "base")),
+        ("mysql://x", ("migrate",)),
+        ("not a url", ("migrate",)),
+    ],
+    ids=["migrate", "seed", "create-admin", "serve", "downgrade", "mysql-migrate", "not-a-url"],
+)
+def test_bad_setting_is_one_line_and_exit_code_2(
+    tmp_path: Path, url: str, args: tuple[str, ...]
+) -> None:
+    result = run_cli(*args, env=cli_env(url), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr}"
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "DATABASE_URL" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_partial_first_admin_setting_is_one_line(tmp_path: Path, sqlite_file: Path) -> None:
+    env = cli_env(f"sqlite+aiosqlite:///{sqlite_file}", FIRST_ADMIN_USERNAME="root")
+    result = run_cli("migrate", env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "FIRST_ADMIN" in lines[0]
+    assert not sqlite_file.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("migrate",), ("seed", "--users", "1"), ("create-admin", *ADMIN_ARGS), ("downgrade", "base")],
+    ids=["migrate", "seed", "create-admin", "downgrade"],
+)
+def test_unreachable_database_is_a_clean_failure(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # Port 1 on localhost: nothing listens there, the connection is refused at once.
+    env = cli_env("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
+    result = run_cli(*args, env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    "args", [("seed", "--users", "1"), ("create-admin", *ADMIN_ARGS)], ids=["seed", "create-admin"]
+)
+def test_commands_on_an_unmigrated_database_fail_cleanly(
+    env: dict[str, str], sqlite_file: Path, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    sqlite_file.parent.mkdir()
+    result = run_cli(*args, env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.stderr.strip()
+
+
+def test_downgrade_to_base_removes_the_tables(
+    env: dict[str, str], sqlite_file: Path, tmp_path: Path
+) -> None:
+    ok(run_cli("migrate", env=env, cwd=tmp_path))
+    ok(run_cli("downgrade", "base", env=env, cwd=tmp_path))
+    assert not tables(sqlite_file) & {"users", "posts", "transfers"}
+    ok(run_cli("migrate", env=env, cwd=tmp_path))
+    assert {"users", "posts", "transfers"} <= tables(sqlite_file)
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server(tmp_path: Path, sqlite_file: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    env = cli_env(f"sqlite+aiosqlite:///{sqlite_file}", HOST="127.0.0.1", PORT=str(port))
+    log = (tmp_path / "serve.log").open("w+")
+    process = subprocess.Popen(  # noqa: S603 (our own console script)
+        [ASYNCBLOG, "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def wait_until_up(process: subprocess.Popen[str], base: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"serve exited early:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"serve did not answer /healthz within 60s:\n{log.read_text()}")
+
+
+def test_serve_migrates_answers_and_stops_on_sigterm(
+    server: tuple[subprocess.Popen[str], str], sqlite_file: Path, tmp_path: Path
+) -> None:
+    process, base = server
+    log = tmp_path / "serve.log"
+    wait_until_up(process, base, log)
+
+    health = httpx.get(f"{base}/healthz", timeout=5)
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok"}
+    assert health.headers.get("x-request-id")
+    assert httpx.get(f"{base}/readyz", timeout=5).json() == {"status": "ok", "database": "ok"}
+    users = httpx.get(f"{base}/users", timeout=5)
+    assert users.status_code == 200
+    assert users.json() == []
+    assert {"users", "posts", "transfers"} <= tables(sqlite_file)  # migrated on start
+
+    # A real round trip over the network: register, log in, write a post.
+    created = httpx.post(
+        f"{base}/users",
+        json={"username": "served", "email": "served@example.com", "password": "password123"},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    token = httpx.post(
+        f"{base}/auth/token", data={"username": "served", "password": "password123"}, timeout=30
+    )
+    assert token.status_code == 200, token.text
+    post = httpx.post(
+        f"{base}/posts",
+        json={"title": "over the wire", "content": "hello"},
+        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        timeout=30,
+    )
+    assert post.status_code == 201, post.text
+    assert query(sqlite_file, "SELECT title FROM posts") == [("over the wire",)]
+
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"serve did not stop within 10s of SIGTERM:\n{log.read_text()}")
+    output = log.read_text()
+    # A graceful stop: uvicorn finishes the shutdown, then re-raises the SIGTERM it caught (so
+    # the exit status says "terminated by SIGTERM"); a plain 0 is fine too.
+    assert code in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+    assert "Traceback" not in output
+    assert "password123" not in output
+    assert "$argon2" not in output

@@ -1,0 +1,221 @@
+"""Settings: defaults, what DATABASE_URL accepts, the first admin, and the generated secret key."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from asyncblog.config import Settings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No setting from the environment or from a `.env` file: each test sets what it needs."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------- defaults
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.database_url == "sqlite+aiosqlite:///./asyncblog.db"
+    assert settings.dialect == "sqlite"
+    assert settings.secret_key is None
+    assert settings.first_admin_username is None
+    assert settings.first_admin_email is None
+    assert settings.first_admin_password is None
+    assert settings.access_token_expire_minutes >= 1
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@db.example:5432/blog")
+    monkeypatch.setenv("SECRET_KEY", "k" * 40)
+    settings = load_settings()
+    assert settings.database_url == "postgresql+asyncpg://app@db.example:5432/blog"
+    assert settings.dialect == "postgresql"
+    assert settings.resolved_secret_key() == "k" * 40
+
+
+def test_dotenv_file_is_read(clean_env: Path) -> None:
+    (clean_env / ".env").write_text(
+        "DATABASE_URL=mariadb+aiomysql://root@127.0.0.1:3306/blog\n", encoding="utf-8"
+    )
+    assert load_settings().database_url == "mariadb+aiomysql://root@127.0.0.1:3306/blog"
+
+
+@pytest.mark.parametrize(
+    ("url", "dialect"),
+    [
+        ("sqlite+aiosqlite:///./data/blog.db", "sqlite"),
+        ("sqlite+aiosqlite:////var/lib/blog.db", "sqlite"),
+        ("postgresql+asyncpg://user:pw@localhost:5432/blog", "postgresql"),
+        ("mysql+aiomysql://user:pw@localhost:3306/blog", "mysql"),
+        ("mariadb+aiomysql://user:pw@localhost:3306/blog", "mysql"),
+    ],
+)
+def test_supported_database_urls(monkeypatch: pytest.MonkeyPatch, url: str, dialect: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.database_url == url
+    assert settings.dialect == dialect
+
+
+# ---------------------------------------------------------------------------- bad settings
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://x",
+        "oracle://",
+        "oracle://scott@db/orcl",
+        "sqlite:///blocking.db",  # the synchronous driver cannot serve an async app
+        "postgresql://u@localhost/db",
+        "postgresql+psycopg2://u@localhost/db",
+        "not a url at all",
+        "",
+    ],
+)
+def test_unsupported_database_url_is_a_one_line_settings_error(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "DATABASE_URL" in message
+    assert "\n" not in message
+    assert message.strip() == message and message
+
+
+def test_database_url_error_does_not_echo_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "oracle://scott:hunter2-secret@db.example/orcl")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "DATABASE_URL" in str(raised.value)
+    assert "hunter2-secret" not in str(raised.value)
+
+
+def test_database_url_override_is_checked_too() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(database_url="oracle://x")
+    assert "DATABASE_URL" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"FIRST_ADMIN_USERNAME": "root"},
+        {"FIRST_ADMIN_EMAIL": "root@example.com"},
+        {"FIRST_ADMIN_PASSWORD": "adminpass1"},
+        {"FIRST_ADMIN_USERNAME": "root", "FIRST_ADMIN_EMAIL": "root@example.com"},
+        {"FIRST_ADMIN_USERNAME": "root", "FIRST_ADMIN_PASSWORD": "adminpass1"},
+        {"FIRST_ADMIN_EMAIL": "root@example.com", "FIRST_ADMIN_PASSWORD": "adminpass1"},
+    ],
+)
+def test_partial_first_admin_is_a_settings_error(
+    monkeypatch: pytest.MonkeyPatch, given: dict[str, str]
+) -> None:
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "FIRST_ADMIN" in message
+    assert "\n" not in message
+    assert "adminpass1" not in message
+
+
+def test_complete_first_admin_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FIRST_ADMIN_USERNAME", "root")
+    monkeypatch.setenv("FIRST_ADMIN_EMAIL", "root@example.com")
+    monkeypatch.setenv("FIRST_ADMIN_PASSWORD", "adminpass1")
+    settings = load_settings()
+    assert settings.first_admin_username == "root"
+    assert settings.first_admin_email == "root@example.com"
+    assert settings.first_admin_password is not None
+    assert settings.first_admin_password.get_secret_value() == "adminpass1"
+    assert "adminpass1" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
+        ("ACCESS_TOKEN_EXPIRE_MINUTES", "soon"),
+        ("POOL_SIZE", "0"),
+        ("LOG_LEVEL", "CHATTY"),
+    ],
+)
+def test_other_bad_values_are_a_settings_error_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert name in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+# ---------------------------------------------------------------------------- secret key
+
+
+def test_secret_key_generated_once_next_to_the_sqlite_file(
+    monkeypatch: pytest.MonkeyPatch, clean_env: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "sqlite+aiosqlite:///./data/blog.db")
+    key_file = clean_env / "data" / "blog.db.secret"
+    assert not key_file.exists()
+
+    first = Settings().resolved_secret_key()
+    assert len(first) >= 32  # enough for HS256
+    assert key_file.read_text(encoding="utf-8").strip() == first
+    assert stat.S_IMODE(key_file.stat().st_mode) & 0o077 == 0, "the key file is private"
+
+    # Another process (a restart, a second worker) reads the same key.
+    second = Settings().resolved_secret_key()
+    assert second == first
+    assert Settings().resolved_secret_key() == first
+    assert key_file.read_text(encoding="utf-8").strip() == first
+
+
+def test_secret_key_for_the_default_database(clean_env: Path) -> None:
+    key = Settings().resolved_secret_key()
+    assert (clean_env / "asyncblog.db.secret").read_text(encoding="utf-8").strip() == key
+    assert Settings().resolved_secret_key() == key
+
+
+def test_each_sqlite_database_gets_its_own_key(
+    monkeypatch: pytest.MonkeyPatch, clean_env: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{clean_env / 'one.db'}")
+    one = Settings().resolved_secret_key()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{clean_env / 'two.db'}")
+    two = Settings().resolved_secret_key()
+    assert one != two
+    assert (clean_env / "one.db.secret").read_text(encoding="utf-8").strip() == one
+    assert (clean_env / "two.db.secret").read_text(encoding="utf-8").strip() == two
+
+
+def test_an_explicit_secret_key_is_used_and_nothing_is_written(
+    monkeypatch: pytest.MonkeyPatch, clean_env: Path
+) -> None:
+    monkeypatch.setenv("SECRET_KEY", "an-explicit-secret-key-of-sufficient-length")
+    assert Settings().resolved_secret_key() == "an-explicit-secret-key-of-sufficient-length"
+    assert list(clean_env.iterdir()) == []
+    assert "an-explicit-secret-key" not in repr(Settings())
+
+
+def test_an_existing_key_file_is_kept(monkeypatch: pytest.MonkeyPatch, clean_env: Path) -> None:
+    monkeypatch.setenv("DATABASE_URL", "sqlite+aiosqlite:///./blog.db")
+    (clean_env / "blog.db.secret").write_text("pre-existing-key-" + "x" * 40 + "\n")
+    assert Settings().resolved_secret_key() == "pre-existing-key-" + "x" * 40
+    assert os.listdir(clean_env) == ["blog.db.secret"]
