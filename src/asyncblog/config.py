@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
     # A statement running longer is cancelled by the database (503 for the client); 0: no limit.
     statement_timeout_ms: int = Field(default=5000, ge=0)
-    db_connect_timeout: float = Field(default=3.0, gt=0, le=120)
+    db_connect_timeout: float = Field(default=2.0, gt=0, le=120)
+    readiness_timeout: float = Field(default=1.0, gt=0, le=60)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)

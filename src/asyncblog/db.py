@@ -40,10 +40,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from asyncblog.config import Settings
+from asyncblog.errors import Unavailable
 
 UTC = dt.UTC
 CENT = Decimal("0.01")
 SQLITE_BEGIN_OPTION = "asyncblog_sqlite_begin"
+POOL_BUSY = "Too many requests are waiting for the database; retry shortly"
 
 
 # --------------------------------------------------------------------------- column types
@@ -286,10 +288,13 @@ class Database:
         older waiter is still being woken up; under overload a few requests then starve for
         seconds. asyncio's Semaphore is FIFO and refuses to be barged, so gating checkouts
         with one as large as the pool keeps waiting times in arrival order. A wait longer than
-        the pool timeout raises TimeoutError (a 503 for the client).
+        the pool timeout raises Unavailable (a 503 with Retry-After for the client).
         """
-        async with asyncio.timeout(self.pool_timeout):
-            await self._slots.acquire()
+        try:
+            async with asyncio.timeout(self.pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Unavailable(POOL_BUSY, headers={"Retry-After": "1"}) from None
         try:
             yield
         finally:

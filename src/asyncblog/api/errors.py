@@ -88,7 +88,7 @@ def install(app: FastAPI) -> None:
         sa_exc.OperationalError,
         sa_exc.InterfaceError,
         sa_exc.TimeoutError,  # the pool had no connection within pool_timeout
-        ConnectionError,
+        OSError,  # the driver could not connect at all (refused, unreachable, timed out)
         TimeoutError,
     ):
         app.add_exception_handler(unavailable, database_unavailable)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -18,8 +20,9 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(state: State) -> Response:
     try:
-        async with state.db.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with asyncio.timeout(state.settings.readiness_timeout):
+            async with state.db.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
     except Exception:
         return JSONResponse(
             {"status": "unavailable", "database": "unreachable"},
