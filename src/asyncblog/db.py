@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import BigInteger, DateTime, Numeric, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -134,6 +134,25 @@ def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(utcnow, "mariadb")
 def _utcnow_mysql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
     return "UTC_TIMESTAMP(6)"
+
+
+# --------------------------------------------------------------------------- errors
+
+RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
+RETRYABLE_MYSQL_ERRNOS = {
+    1213
+}  # deadlock (a lock wait timeout is a 503: the wait already took long)
+
+
+def is_retryable(exc: DBAPIError) -> bool:
+    """A failure that a fresh attempt of the same transaction may not meet again."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in RETRYABLE_MYSQL_ERRNOS:
+        return True
+    return "database is locked" in str(orig)
 
 
 # --------------------------------------------------------------------------- engine

@@ -54,6 +54,10 @@ UsernameType = (
 EmailType = String(EMAIL_MAX).with_variant(
     mysql.VARCHAR(EMAIL_MAX, collation="utf8mb4_bin"), "mysql", "mariadb"
 )
+# Client-chosen keys compare byte for byte ("Order-7" is not "order-7").
+IdempotencyKeyType = String(255).with_variant(
+    mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb"
+)
 # MariaDB's TEXT holds 64 KiB; a post may hold 100,000 characters of up to 4 bytes.
 ContentType = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
@@ -132,6 +136,6 @@ class Transfer(Base):
     from_user_id: Mapped[int | None] = mapped_column()
     to_user_id: Mapped[int] = mapped_column()
     amount: Mapped[Decimal] = mapped_column(Money())
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(IdempotencyKeyType)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), server_default=utcnow())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
+from asyncblog.db import is_retryable
 from asyncblog.errors import ServiceError
 
 logger = logging.getLogger("asyncblog.error")
@@ -44,10 +46,13 @@ async def data_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _printable(value: Any) -> Any:
-    """`value` with every string made encodable as UTF-8 (a lone surrogate from a JSON escape
-    such as "\\ud800" becomes U+FFFD), so that echoing bad input cannot itself fail."""
+    """`value` made printable as strict JSON: strings encodable as UTF-8 (a lone surrogate from
+    a JSON escape such as "\\ud800" becomes U+FFFD) and non-finite numbers as text, so that
+    echoing bad input cannot itself fail."""
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN and Infinity are not JSON
     if isinstance(value, dict):
         return {_printable(k): _printable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -75,6 +80,12 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
         return await data_error(request, exc)
     if exc.connection_invalidated or sqlstate in ("57014", "57P01", "08006", "08003"):
         return await database_unavailable(request, exc)
+    if is_retryable(exc):  # a deadlock or serialization failure outside the transfer retries
+        return JSONResponse(
+            {"detail": "The database was too busy to complete the request; retry"},
+            503,
+            headers={"Retry-After": "1"},
+        )
     raise exc
 
 

@@ -24,25 +24,13 @@ from decimal import Decimal
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from asyncblog.db import is_retryable
 from asyncblog.errors import Conflict, Invalid, NotFound, Unauthorized, Unavailable
 from asyncblog.models import Transfer, User
 from asyncblog.repositories import TransferRepository
 from asyncblog.schemas import TransferCreate
 
 MAX_ATTEMPTS = 5
-RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
-RETRYABLE_MYSQL_ERRNOS = {1205, 1213}  # lock wait timeout, deadlock
-
-
-def is_retryable(exc: DBAPIError) -> bool:
-    """A failure that a fresh attempt of the same transaction may not meet again."""
-    orig = exc.orig
-    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
-        return True
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int) and args[0] in RETRYABLE_MYSQL_ERRNOS:
-        return True
-    return "database is locked" in str(orig)
 
 
 def fingerprint(data: TransferCreate) -> str:

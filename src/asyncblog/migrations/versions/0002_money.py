@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from asyncblog.db import Money, UTCDateTime, utcnow
-from asyncblog.models import UsernameType
+from asyncblog.models import IdempotencyKeyType, UsernameType
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -35,7 +35,7 @@ def upgrade() -> None:
         sa.Column("from_user_id", sa.Integer(), nullable=True),
         sa.Column("to_user_id", sa.Integer(), nullable=False),
         sa.Column("amount", Money(), nullable=False),
-        sa.Column("idempotency_key", sa.String(255), nullable=True),
+        sa.Column("idempotency_key", IdempotencyKeyType, nullable=True),
         sa.Column("request_fingerprint", sa.String(64), nullable=True),
         sa.Column("created_at", UTCDateTime(), server_default=utcnow(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_transfers")),

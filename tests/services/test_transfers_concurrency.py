@@ -1,0 +1,261 @@
+"""Transfers under real concurrency: many clients, real commits, a real pool (`live_api`).
+
+Allowed answers are the contract's: 201, or 409 "Insufficient balance". A 503 (the service gave up
+retrying under contention) or a 500 fails these tests: with rows locked in id order there is no
+deadlock to retry, so neither should ever happen at this load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from asyncblog.api.state import AppState
+from asyncblog.models import Transfer
+from tests.api.test_money import assert_ledger_invariants, ledger_mismatches, ledger_rows
+from tests.conftest import Api
+
+pytestmark = pytest.mark.concurrency
+
+SEED = 20240611
+CONCURRENCY = 30
+INSUFFICIENT = {"detail": "Insufficient balance"}
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    headers: dict[str, str]
+
+
+async def members(api: Api, n: int, funds: str) -> tuple[dict[str, str], list[Member]]:
+    """An admin and `n` users, each logged in once and deposited `funds`."""
+    _, admin = await api.admin()
+    out = []
+    for _ in range(n):
+        user, headers = await api.user()
+        await api.deposit(admin, user["id"], funds)
+        out.append(Member(user["id"], headers))
+    return admin, out
+
+
+async def bounded(calls: list[Callable[[], Awaitable[httpx.Response]]]) -> list[httpx.Response]:
+    """Run the calls concurrently, at most CONCURRENCY at a time, answers in call order."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(call: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+        async with gate:
+            return await call()
+
+    return list(await asyncio.gather(*(one(call) for call in calls)))
+
+
+@asynccontextmanager
+async def watching_invariants(state: AppState) -> AsyncIterator[list[int]]:
+    """While the block runs, keep reading one-statement snapshots of the ledger and fail if any
+    shows a negative balance or a balance that disagrees with the ledger ("at every moment")."""
+    snapshots: list[int] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            async with state.db.session() as session:
+                rows = await ledger_rows(session)
+            assert ledger_mismatches(rows) == {}, f"snapshot {len(snapshots)}"
+            snapshots.append(len(rows))
+            if done.is_set():
+                return
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield snapshots
+    finally:
+        done.set()
+        await watcher
+
+
+def transfer_call(
+    api: Api, sender: Member, to: Member, amount: Decimal, key: str | None = None
+) -> Callable[[], Awaitable[httpx.Response]]:
+    headers = sender.headers | ({"Idempotency-Key": key} if key is not None else {})
+    body = {"to_user_id": to.id, "amount": str(amount)}
+    return lambda: api.client.post("/transfers", json=body, headers=headers)
+
+
+def unexpected(responses: list[httpx.Response], allowed: set[int]) -> list[tuple[int, str]]:
+    return [(r.status_code, r.text) for r in responses if r.status_code not in allowed]
+
+
+async def test_random_concurrent_transfers_keep_every_invariant(live_api: Api) -> None:
+    rng = random.Random(SEED)
+    admin, users = await members(live_api, 6, "100.00")
+    deposits = Decimal("600.00")
+
+    calls: list[Callable[[], Awaitable[httpx.Response]]] = []
+    sent: dict[int, tuple[Member, Member, Decimal]] = {}  # call index -> transfer asked for
+    credited: dict[int, Member] = {}  # call index -> deposit asked for
+
+    def add_transfer(sender: Member, to: Member, amount: Decimal) -> None:
+        sent[len(calls)] = (sender, to, amount)
+        calls.append(transfer_call(live_api, sender, to, amount))
+
+    for i in range(300):
+        a, b = rng.sample(users, 2)
+        amount = Decimal(rng.randint(1, 6000)).scaleb(-2)  # 0.01 to 60.00: some must fail
+        add_transfer(a, b, amount)
+        if i % 10 == 0:  # A->B and B->A side by side
+            add_transfer(b, a, amount)
+        if i % 15 == 0:  # a deposit racing with the transfers
+            to = rng.choice(users)
+            credited[len(calls)] = to
+            calls.append(
+                lambda to=to: live_api.client.post(
+                    f"/admin/users/{to.id}/deposit", json={"amount": "5.00"}, headers=admin
+                )
+            )
+            deposits += Decimal("5.00")
+    add_transfer(users[0], users[1], Decimal("600.01"))  # more money than exists
+
+    async with watching_invariants(live_api.state) as snapshots:
+        responses = await bounded(calls)
+    assert snapshots, "the invariants were never checked while transfers ran"
+    transfer_responses = [responses[i] for i in sent]
+    deposit_responses = [responses[i] for i in credited]
+
+    assert unexpected(deposit_responses, {201}) == []
+    assert unexpected(transfer_responses, {201, 409}) == []
+    assert all(r.json() == INSUFFICIENT for r in transfer_responses if r.status_code == 409)
+    statuses = Counter(r.status_code for r in transfer_responses)
+    assert statuses[201] > 0 and statuses[409] > 0, statuses
+    assert transfer_responses[-1].status_code == 409
+
+    # Each 201 names the transfer that was asked for; the ledger holds exactly those.
+    created: dict[int, tuple[int, int, Decimal]] = {}
+    for (sender, to, amount), response in zip(sent.values(), transfer_responses, strict=True):
+        if response.status_code == 201:
+            body = response.json()
+            assert (body["from_user_id"], body["to_user_id"], body["amount"]) == (
+                sender.id,
+                to.id,
+                str(amount),
+            )
+            created[body["id"]] = (sender.id, to.id, amount)
+    assert len(created) == statuses[201]
+    async with live_api.state.db.session() as session:
+        ledger = {
+            row.id: (row.from_user_id, row.to_user_id, row.amount)
+            for row in await session.execute(
+                select(
+                    Transfer.id, Transfer.from_user_id, Transfer.to_user_id, Transfer.amount
+                ).where(Transfer.from_user_id.is_not(None))
+            )
+        }
+    assert ledger == created
+
+    report = await assert_ledger_invariants(live_api.state)
+    assert report.total_deposits == deposits == report.total_balances
+    assert report.transfer_rows == statuses[201]
+    # The balances follow from the 201 answers alone, and /users/me agrees.
+    expected = {u.id: Decimal("100.00") for u in users}
+    for to in credited.values():
+        expected[to.id] += Decimal("5.00")
+    for sender_id, to_id, amount in created.values():
+        expected[sender_id] -= amount
+        expected[to_id] += amount
+    for user in users:
+        assert report.rows[user.id].balance == expected[user.id]
+        me = await live_api.client.get("/users/me", headers=user.headers)
+        assert me.json()["balance"] == str(expected[user.id])
+
+
+async def test_opposite_transfers_at_once_do_not_deadlock(live_api: Api) -> None:
+    _, (a, b) = await members(live_api, 2, "100.00")
+    calls = []
+    for _ in range(40):  # 40 each way: enough funds whatever the order
+        calls.append(transfer_call(live_api, a, b, Decimal("1.00")))
+        calls.append(transfer_call(live_api, b, a, Decimal("1.00")))
+
+    responses = await bounded(calls)
+
+    assert unexpected(responses, {201}) == []
+    report = await assert_ledger_invariants(live_api.state)
+    assert report.rows[a.id].balance == report.rows[b.id].balance == Decimal("100.00")
+    assert report.transfer_rows == 80
+
+
+async def test_concurrent_spending_cannot_overdraw(live_api: Api) -> None:
+    """10 transfers of 30.00 at once from a balance of 100.00: exactly 3 can succeed."""
+    _, users = await members(live_api, 6, "100.00")
+    spender, others = users[0], users[1:]
+    calls = [transfer_call(live_api, spender, others[i % 5], Decimal("30.00")) for i in range(10)]
+
+    responses = await bounded(calls)
+
+    assert unexpected(responses, {201, 409}) == []
+    assert sorted(r.status_code for r in responses) == [201] * 3 + [409] * 7
+    report = await assert_ledger_invariants(live_api.state)
+    assert report.rows[spender.id].balance == Decimal("10.00")
+    assert report.transfer_rows == 3
+
+
+async def count_with_key(api: Api, sender: Member, key: str) -> int:
+    async with api.state.db.session() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(Transfer)
+            .where(Transfer.from_user_id == sender.id, Transfer.idempotency_key == key)
+        )
+    return int(count or 0)
+
+
+async def test_concurrent_replays_of_one_key_move_money_once(live_api: Api) -> None:
+    _, (sender, recipient) = await members(live_api, 2, "100.00")
+    key = "pay-invoice-42"
+
+    responses = await bounded(
+        [transfer_call(live_api, sender, recipient, Decimal("12.34"), key) for _ in range(20)]
+    )
+
+    assert unexpected(responses, {201}) == []
+    bodies: list[dict[str, Any]] = [r.json() for r in responses]
+    assert len({body["id"] for body in bodies}) == 1
+    assert all(body == bodies[0] for body in bodies)
+    assert await count_with_key(live_api, sender, key) == 1
+    report = await assert_ledger_invariants(live_api.state)
+    assert report.rows[sender.id].balance == Decimal("87.66")
+    assert report.rows[recipient.id].balance == Decimal("112.34")
+    assert report.transfer_rows == 1
+
+
+async def test_concurrent_reuse_of_a_key_with_two_bodies_keeps_one(live_api: Api) -> None:
+    """One body wins the key: its twins replay it (201, same id), the other body gets 409."""
+    _, (sender, r1, r2) = await members(live_api, 3, "100.00")
+    key = "one-key-two-bodies"
+    targets = [r1 if i % 2 else r2 for i in range(20)]
+
+    responses = await bounded(
+        [transfer_call(live_api, sender, to, Decimal("10.00"), key) for to in targets]
+    )
+
+    assert unexpected(responses, {201, 409}) == []
+    winners = {r.json()["id"] for r in responses if r.status_code == 201}
+    assert len(winners) == 1
+    winner_to = next(r.json()["to_user_id"] for r in responses if r.status_code == 201)
+    for to, response in zip(targets, responses, strict=True):
+        assert response.status_code == (201 if to.id == winner_to else 409), response.text
+    assert await count_with_key(live_api, sender, key) == 1
+    report = await assert_ledger_invariants(live_api.state)
+    assert report.rows[sender.id].balance == Decimal("90.00")
+    assert report.rows[winner_to].balance == Decimal("110.00")
+    assert report.transfer_rows == 1
