@@ -15,6 +15,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,12 @@ def state(backend: Backend, connection: AsyncConnection) -> AppState:
         join_transaction_mode="create_savepoint",
     )
     db.session = db.write_session = joined
+
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[AsyncConnection]:
+        yield connection  # reads outside a session see the test's own data
+
+    db.connect = connect  # type: ignore[method-assign]
     return AppState.build(backend.settings, db)
 
 

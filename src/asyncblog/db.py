@@ -28,6 +28,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -40,7 +41,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from asyncblog.config import Settings
-from asyncblog.errors import Unavailable
+from asyncblog.errors import DB_UNAVAILABLE, Unavailable
 
 UTC = dt.UTC
 CENT = Decimal("0.01")
@@ -153,6 +154,27 @@ def is_retryable(exc: DBAPIError) -> bool:
     if args and isinstance(args[0], int) and args[0] in RETRYABLE_MYSQL_ERRNOS:
         return True
     return "database is locked" in str(orig)
+
+
+async def asyncpg_fetchval(conn: AsyncConnection, sql: str, *args: Any) -> Any:
+    """Run one statement on this pooled connection through asyncpg itself.
+
+    For the hottest read, where SQLAlchemy's statement execution would cost about as much as
+    the query: the connection still comes from (and goes back to) SQLAlchemy's pool, and
+    asyncpg's prepared-statement cache is used. Driver errors are translated here
+    the way SQLAlchemy would: a lost connection is invalidated, and it or a cancelled statement
+    is an `Unavailable` (503).
+    """
+    import asyncpg
+
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    try:
+        return await driver.fetchval(sql, *args)
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        await conn.invalidate()
+        raise Unavailable(DB_UNAVAILABLE) from exc
+    except asyncpg.QueryCanceledError as exc:
+        raise Unavailable(DB_UNAVAILABLE) from exc
 
 
 # --------------------------------------------------------------------------- engine
@@ -294,9 +316,19 @@ class Database:
         self.session = async_sessionmaker(reader, expire_on_commit=False, autoflush=False)
         self.write_session = async_sessionmaker(writer, expire_on_commit=False, autoflush=False)
         pool = engine.sync_engine.pool
-        size = pool.size() + max(pool._max_overflow, 0) if isinstance(pool, QueuePool) else 1
+        # As many requests at a time as the pool KEEPS connections: a connection above
+        # pool_size ("overflow") is closed when it is returned, so admitting requests beyond
+        # pool_size would open and close a connection per request under sustained load. The
+        # overflow stays for what is not gated (readiness checks, a CLI command).
+        size = pool.size() if isinstance(pool, QueuePool) else 1
         self.pool_timeout = pool._timeout if isinstance(pool, QueuePool) else 30.0
         self._slots = asyncio.Semaphore(max(size, 1))
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection for one read outside any session, taken in arrival order."""
+        async with self.connection_slot(), self.engine.connect() as conn:
+            yield conn
 
     @asynccontextmanager
     async def connection_slot(self) -> AsyncIterator[None]:

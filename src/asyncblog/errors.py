@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+DB_UNAVAILABLE = "Database unavailable"
+
 
 class ServiceError(Exception):
     status_code = 400

@@ -11,7 +11,7 @@ import orjson
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-_RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 
 
 class JSONFormatter(logging.Formatter):
@@ -19,7 +19,8 @@ class JSONFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
-            "logger": record.name,
+            # uvicorn logs its life cycle as "uvicorn.error"; it is not an error
+            "logger": "uvicorn" if record.name == "uvicorn.error" else record.name,
             "msg": record.getMessage(),
         }
         rid = request_id.get()

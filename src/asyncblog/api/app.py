@@ -55,7 +55,6 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         version=__version__,
         description="Users, posts and money transfers over async SQLAlchemy.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     if state is not None:
         app.state.asyncblog = state
@@ -67,7 +66,11 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
         )
-    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    app.add_middleware(
+        RequestContextMiddleware,
+        access_log=settings.access_log,
+        max_body=settings.max_body_bytes,
+    )
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(users.bulk)  # before /users/{user_id}

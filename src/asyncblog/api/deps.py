@@ -67,12 +67,15 @@ async def auth_service(session: Session, request: Request) -> AuthService:
 Auth = Annotated[AuthService, Depends(auth_service)]
 
 
-async def optional_user(token: Token, session: Session, request: Request) -> User | None:
-    """The caller when a token is sent (an invalid one is a 401), else None."""
+async def optional_user(token: Token, request: Request) -> User | None:
+    """The caller when a token is sent (an invalid one is a 401), else None. Anonymous reads
+    (the common case) cost no session at all; with a token the caller is looked up in a short
+    session of its own (the User comes back detached; only its attributes are read)."""
     if token is None:
         return None
     state = app_state(request)
-    return await AuthService(session, state.hasher, state.tokens).caller(token)
+    async with state.db.connection_slot(), state.db.session() as session:
+        return await AuthService(session, state.hasher, state.tokens).caller(token)
 
 
 async def current_user(token: Token, session: Session, request: Request) -> User:

@@ -13,11 +13,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from asyncblog.db import is_retryable
-from asyncblog.errors import ServiceError
+from asyncblog.errors import DB_UNAVAILABLE, ServiceError
 
 logger = logging.getLogger("asyncblog.error")
-
-DB_UNAVAILABLE = "Database unavailable"
 
 
 async def service_error(request: Request, exc: Exception) -> JSONResponse:

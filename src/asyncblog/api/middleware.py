@@ -1,14 +1,16 @@
-"""Pure-ASGI middleware: request id, access log, and the last-resort 500."""
+"""Pure-ASGI middleware: request id, security headers, body size limit, access log, and the
+last-resort 500. One layer for all of it: every layer costs each request."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 import orjson
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asyncblog.log import request_id
@@ -35,15 +37,17 @@ class RequestContextMiddleware:
     unhandled exception into a JSON 500 that says nothing about the cause (the traceback goes to
     the log)."""
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True, max_body: int = 1 << 20) -> None:
         self.app = app
         self.access_log = access_log
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_id(scope) or uuid.uuid4().hex
+        rid, declared_length = _inspect_headers(scope)
+        rid = rid or os.urandom(12).hex()
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 0
@@ -61,7 +65,12 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if declared_length is not None and declared_length > self.max_body:
+                await _too_large(send_with_id)
+            elif scope["method"] in BODYLESS:
+                await self.app(scope, receive, send_with_id)
+            else:
+                await self.app(scope, self._limited(receive), send_with_id)
         except Exception:
             error_logger.exception(
                 "unhandled error", extra={"method": scope["method"], "path": scope["path"]}
@@ -91,10 +100,40 @@ class RequestContextMiddleware:
                 )
             request_id.reset(token)
 
+    def _limited(self, receive: Receive) -> Receive:
+        """`receive` that refuses a body (e.g. a chunked one) growing past the limit: 413."""
+        received = 0
 
-def _incoming_id(scope: Scope) -> str | None:
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise HTTPException(413, TOO_LARGE)
+            return message
+
+        return limited
+
+
+BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOO_LARGE = "Request body too large"
+
+
+async def _too_large(send: Send) -> None:
+    body = orjson.dumps({"detail": TOO_LARGE})
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _inspect_headers(scope: Scope) -> tuple[str | None, int | None]:
+    """The client's request id (if sane) and the declared body length (if any)."""
+    rid = length = None
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             text = value.decode("latin-1")
-            return text if _CLIENT_ID.match(text) else None
-    return None
+            rid = text if _CLIENT_ID.match(text) else None
+        elif name == b"content-length":
+            length = int(value) if value.isdigit() else None
+    return rid, length

@@ -1,8 +1,9 @@
 """Read models: a user with its posts, rendered straight to the response's JSON bytes.
 
 This is the hottest read (`GET /users/{id}`). On PostgreSQL the database renders the document in
-ONE statement (`row_to_json` over the user's row with an aggregated array of its posts): one round
-trip, no ORM objects, no second serialization in Python. The SQL is generated from the pydantic
+ONE statement (`row_to_json` over the user's row with an aggregated array of its posts), sent
+through asyncpg directly (`db.asyncpg_fetchval`): one round trip, no ORM objects, no second
+serialization in Python. The SQL is generated from the pydantic
 views themselves, so the document cannot drift from the response model: keys are the view's
 fields, times are rendered in the same UTC format (`schemas.UTC_FORMAT`), money as its text.
 Elsewhere (SQLite, MariaDB) the same document comes from the ORM (one joined query) and pydantic.
@@ -15,10 +16,11 @@ from decimal import Decimal
 from functools import cache
 
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import contains_eager
 
+from asyncblog.db import Database, asyncpg_fetchval
 from asyncblog.models import Post, User
 from asyncblog.repositories.base import valid_id
 from asyncblog.schemas import (
@@ -56,7 +58,7 @@ def _pg_user_with_posts(view: type[BaseModel]) -> str:
         "SELECT array_to_json(array_agg(p ORDER BY p.id)) FROM ("
         f"SELECT {posts} FROM posts p WHERE p.author_id = u.id) p"
         "), '[]'::json) AS posts "
-        "FROM users u WHERE u.id = :id) d"
+        "FROM users u WHERE u.id = $1) d"
     )
 
 
@@ -66,17 +68,28 @@ def _adapter(view: type[BaseModel]) -> TypeAdapter[BaseModel]:
 
 
 class DocumentRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    """Works on a connection of its own (`Database.connect`), not on a request's session: the
+    hot read needs neither a session nor an ORM unit of work."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def user_with_posts(self, user_id: int, *, private: bool) -> bytes | None:
         """The public (or private) view of a user with all its posts, id ascending, as JSON."""
         if not valid_id(user_id):
             return None
         view = UserPrivateWithPosts if private else UserPublicWithPosts
-        if self.session.get_bind().dialect.name == "postgresql":
-            document = await self.session.scalar(text(_pg_user_with_posts(view)), {"id": user_id})
-            return document.encode() if document is not None else None
+        async with self.db.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                document = await asyncpg_fetchval(conn, _pg_user_with_posts(view), user_id)
+                return document.encode() if document is not None else None
+            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+                return await self._orm_document(session, view, user_id)
+
+    @staticmethod
+    async def _orm_document(
+        session: AsyncSession, view: type[BaseModel], user_id: int
+    ) -> bytes | None:
         stmt = (
             select(User)
             .outerjoin(User.posts)
@@ -84,7 +97,7 @@ class DocumentRepository:
             .where(User.id == user_id)
             .order_by(Post.id)
         )
-        user = (await self.session.execute(stmt)).unique().scalar_one_or_none()
+        user = (await session.execute(stmt)).unique().scalar_one_or_none()
         if user is None:
             return None
         adapter = _adapter(view)

@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from asyncblog.errors import Conflict, Forbidden, NotFound
 from asyncblog.models import User
 from asyncblog.repositories import UserRepository
-from asyncblog.repositories.documents import DocumentRepository
 from asyncblog.schemas import BulkUserCreate, UserCreate, UserUpdate
 from asyncblog.security import PasswordHasher
 
@@ -57,13 +56,6 @@ class UserService:
             await self.session.rollback()
             raise Conflict(conflict_message(exc)) from None
         return user
-
-    async def document_with_posts(self, user_id: int, *, private: bool) -> bytes:
-        """The user's view with its posts, as the JSON document of the response."""
-        document = await DocumentRepository(self.session).user_with_posts(user_id, private=private)
-        if document is None:
-            raise NotFound(USER_NOT_FOUND)
-        return document
 
     async def update(self, actor: User, user_id: int, data: UserUpdate) -> User:
         if actor.id != user_id and not actor.is_admin:

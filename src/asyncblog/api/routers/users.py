@@ -2,10 +2,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 
-from asyncblog.api.deps import CurrentAdmin, CurrentUser, OptionalUser, PageParams, Users
+from asyncblog.api.deps import (
+    CurrentAdmin,
+    CurrentUser,
+    OptionalUser,
+    PageParams,
+    Users,
+    app_state,
+)
 from asyncblog.api.responses import View
+from asyncblog.errors import NotFound
+from asyncblog.repositories.documents import DocumentRepository
 from asyncblog.schemas import (
     BulkConflict,
     BulkCreated,
@@ -25,6 +34,7 @@ from asyncblog.schemas import (
 )
 
 router = APIRouter(prefix="/users", tags=["users"])
+USER_NOT_FOUND = "User not found"
 
 UserId = Annotated[int, Path(description="A user id")]
 PUBLIC_LIST: View[list[UserPublic]] = View(list[UserPublic])
@@ -77,9 +87,13 @@ async def me(user: CurrentUser) -> UserPrivate:
     responses=NOT_FOUND,
     description="The private view when the caller is that user or an admin.",
 )
-async def get_user(user_id: UserId, users: Users, caller: OptionalUser) -> Response:
+async def get_user(user_id: UserId, request: Request, caller: OptionalUser) -> Response:
     private = caller is not None and (caller.id == user_id or caller.is_admin)
-    document = await users.document_with_posts(user_id, private=private)
+    document = await DocumentRepository(app_state(request).db).user_with_posts(
+        user_id, private=private
+    )
+    if document is None:
+        raise NotFound(USER_NOT_FOUND)
     return Response(document, media_type="application/json")
 
 
