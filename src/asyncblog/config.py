@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(default=2.0, gt=0, le=120)
     readiness_timeout: float = Field(default=1.0, gt=0, le=60)
 
+    # 1 MiB holds the longest post (100,000 characters) in UTF-8, and with JSON's \uXXXX
+    # escapes for characters of the BMP; 100,000 escaped emoji (1.2 MB) need a larger limit.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)
     # Failed logins: after this many for one username or one client address within the

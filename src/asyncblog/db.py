@@ -170,8 +170,8 @@ async def asyncpg_fetchval(conn: AsyncConnection, sql: str, *args: Any) -> Any:
     driver: Any = (await conn.get_raw_connection()).driver_connection
     try:
         return await driver.fetchval(sql, *args)
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-        await conn.invalidate()
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        await conn.invalidate()  # lost or hung: never hand it out again
         raise Unavailable(DB_UNAVAILABLE) from exc
     except asyncpg.QueryCanceledError as exc:
         raise Unavailable(DB_UNAVAILABLE) from exc
@@ -215,6 +215,10 @@ def engine_options(settings: Settings, url: URL) -> dict[str, Any]:
             "server_settings": server_settings,
             "timeout": settings.db_connect_timeout,
         }
+        if timeout_ms:
+            # The client's own bound, for when the statement never reaches the server (a hung
+            # network): the server's statement_timeout cannot fire then.
+            options["connect_args"]["command_timeout"] = timeout_ms / 1000 + 2
     else:
         assignments = ["time_zone = '+00:00'"]
         if timeout_ms:
@@ -341,15 +345,19 @@ class Database:
         with one as large as the pool keeps waiting times in arrival order. A wait longer than
         the pool timeout raises Unavailable (a 503 with Retry-After for the client).
         """
-        try:
-            async with asyncio.timeout(self.pool_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise Unavailable(POOL_BUSY, headers={"Retry-After": "1"}) from None
+        slots = self._slots
+        if slots.locked():  # someone waits or none is free: queue, with a deadline
+            try:
+                async with asyncio.timeout(self.pool_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise Unavailable(POOL_BUSY, headers={"Retry-After": "1"}) from None
+        else:
+            await slots.acquire()  # returns at once
         try:
             yield
         finally:
-            self._slots.release()
+            slots.release()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:

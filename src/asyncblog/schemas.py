@@ -224,6 +224,12 @@ class Detail(BaseModel):
     detail: str
 
 
+class ErrorDetail(BaseModel):
+    """An error: a sentence, or (422 for a malformed request) FastAPI's list of problems."""
+
+    detail: str | list[dict[str, Any]]
+
+
 class Health(BaseModel):
     status: str
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -15,9 +16,18 @@ from asyncblog.api.middleware import RequestContextMiddleware
 from asyncblog.api.routers import auth, health, money, posts, users
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings, load_settings
+from asyncblog.schemas import Detail, ErrorDetail
 from asyncblog.services.users import UserService
 
 logger = logging.getLogger("asyncblog")
+
+# Answers any route may give, so the OpenAPI description covers them everywhere.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Detail, "description": "The body could not be parsed"},
+    413: {"model": Detail, "description": "The body is larger than MAX_BODY_BYTES"},
+    422: {"model": ErrorDetail, "description": "The request is not valid"},
+    503: {"model": Detail, "description": "The database is unavailable or too busy; retry"},
+}
 
 
 async def create_first_admin(state: AppState) -> None:
@@ -55,6 +65,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         version=__version__,
         description="Users, posts and money transfers over async SQLAlchemy.",
         lifespan=lifespan,
+        responses=COMMON_RESPONSES,
     )
     if state is not None:
         app.state.asyncblog = state

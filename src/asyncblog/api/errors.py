@@ -43,18 +43,23 @@ async def data_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "A value is out of range for the database"}, 422)
 
 
-def _printable(value: Any) -> Any:
+ECHO_DEPTH = 16
+
+
+def _printable(value: Any, depth: int = 0) -> Any:
     """`value` made printable as strict JSON: strings encodable as UTF-8 (a lone surrogate from
-    a JSON escape such as "\\ud800" becomes U+FFFD) and non-finite numbers as text, so that
-    echoing bad input cannot itself fail."""
+    a JSON escape such as "\\ud800" becomes U+FFFD), non-finite numbers as text, and nesting
+    cut at ECHO_DEPTH levels, so that echoing bad input back cannot itself fail."""
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # NaN and Infinity are not JSON
+    if isinstance(value, dict | list | tuple) and depth >= ECHO_DEPTH:
+        return "..."
     if isinstance(value, dict):
-        return {_printable(k): _printable(v) for k, v in value.items()}
+        return {_printable(k, depth + 1): _printable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_printable(v) for v in value]
+        return [_printable(v, depth + 1) for v in value]
     return value
 
 
@@ -66,7 +71,13 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         if any("password" in str(part) for part in error.get("loc", ())):
             error = {key: value for key, value in error.items() if key not in ("input", "ctx")}
         errors.append(error)
-    return JSONResponse({"detail": _printable(jsonable_encoder(errors))}, 422)
+    # cut the echoed input down first: jsonable_encoder recurses as deep as the input goes
+    return JSONResponse({"detail": jsonable_encoder(_printable(errors))}, 422)
+
+
+# statement timeout; admin shutdown, crash shutdown, cannot connect now (starting up or
+# shutting down), database dropped; too many connections
+UNAVAILABLE_SQLSTATES = frozenset({"57014", "57P01", "57P02", "57P03", "57P04", "57P05", "53300"})
 
 
 async def database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -76,7 +87,12 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
     sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
     if sqlstate.startswith("22"):
         return await data_error(request, exc)
-    if exc.connection_invalidated or sqlstate in ("57014", "57P01", "08006", "08003"):
+    if (
+        exc.connection_invalidated
+        or exc.statement is None  # failed while connecting
+        or sqlstate.startswith("08")  # connection exception
+        or sqlstate in UNAVAILABLE_SQLSTATES
+    ):
         return await database_unavailable(request, exc)
     if is_retryable(exc):  # a deadlock or serialization failure outside the transfer retries
         return JSONResponse(

@@ -52,8 +52,12 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 0
 
+        client_gone = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, client_gone
+            if client_gone:
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
@@ -62,7 +66,13 @@ class RequestContextMiddleware:
                 raw.extend(SECURITY_HEADERS)
                 if not scope["path"].startswith(("/docs", "/redoc")):
                     raw.append(API_CSP)
-            await send(message)
+            try:
+                await send(message)
+            except (RuntimeError, OSError) as exc:
+                # The client left while its answer was being written (with a pipelined request
+                # uvicorn may not have told us yet). Its work is done; there is nobody to tell.
+                client_gone = True
+                access_logger.info("client went away before the response", extra={"why": str(exc)})
 
         try:
             if declared_length is not None and declared_length > self.max_body:

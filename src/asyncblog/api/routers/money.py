@@ -37,7 +37,9 @@ async def transfer(
     data: TransferCreate,
     transfers: Transfers,
     sender: CurrentUser,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$")
+    ] = None,
 ) -> Response:
     result = await transfers.transfer(sender, data, idempotency_key)
     response = TRANSFER.render(result.transfer, status.HTTP_201_CREATED)

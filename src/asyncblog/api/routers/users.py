@@ -63,6 +63,7 @@ async def register(data: UserCreate, users: Users) -> UserPrivate:
 @router.get(
     "",
     response_model=list[UserPublic] | list[UserPrivate],
+    responses=UNAUTHORIZED,
     description="Public views; private views when the caller is an admin.",
 )
 async def list_users(page: PageParams, users: Users, caller: OptionalUser) -> Response:
@@ -84,7 +85,7 @@ async def me(user: CurrentUser) -> UserPrivate:
 @router.get(
     "/{user_id}",
     response_model=UserPublicWithPosts | UserPrivateWithPosts,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, **UNAUTHORIZED},
     description="The private view when the caller is that user or an admin.",
 )
 async def get_user(user_id: UserId, request: Request, caller: OptionalUser) -> Response:

@@ -1,0 +1,75 @@
+"""Pool exhaustion, on SQLite, PostgreSQL and MariaDB (`tests.conftest.backend`).
+
+POOL_SIZE=2, POOL_MAX_OVERFLOW=0, POOL_TIMEOUT=0.5 and more concurrent requests than that, made
+slow for real: another connection holds a lock that every transfer needs (a row lock on
+PostgreSQL and MariaDB, the write lock on SQLite), so the two requests that got connections wait
+inside the database and keep them. The others must get 503 with Retry-After after the pool
+timeout (never a 500, never a hang); once the lock goes, the service answers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+from sqlalchemy import text
+
+from tests.conftest import Backend, empty_tables, settings_for
+from tests.faults.conftest import assert_invariants, ends_within, in_process_app, members, send
+
+POOL = 2
+REQUESTS = 10
+
+
+async def test_exhausted_pool_is_503_with_retry_after_then_recovers(backend: Backend) -> None:
+    settings = settings_for(
+        backend.url,
+        pool_size=POOL,
+        pool_max_overflow=0,
+        pool_timeout=0.5,
+        statement_timeout_ms=20000,  # the lock waits must outlast the pool timeout
+        sqlite_busy_timeout_ms=20000,
+    )
+    try:
+        async with in_process_app(settings) as api:
+            _, (a, b) = await members(api.client, backend.engine, 2)
+            async with backend.engine.connect() as holder:
+                await holder.begin()
+                await holder.execute(
+                    text("UPDATE users SET balance = balance WHERE id = :id"), {"id": a.id}
+                )
+                tasks = [asyncio.create_task(send(api.client, a, b)) for _ in range(REQUESTS)]
+                tasks.append(asyncio.create_task(api.client.get("/users")))  # a read, queued
+                # All but the POOL requests inside the database must be answered, by the
+                # pool timeout, while the lock is still held.
+                for _ in range(200):
+                    if sum(t.done() for t in tasks) >= len(tasks) - POOL:
+                        break
+                    await asyncio.sleep(0.05)
+                early = [t.result() for t in tasks if t.done()]
+                await holder.rollback()
+            responses: list[httpx.Response] = await ends_within(
+                asyncio.gather(*tasks), "the requests after the lock went", 30
+            )
+
+            statuses = Counter(r.status_code for r in responses)
+            assert set(statuses) <= {200, 201, 503}, [(r.status_code, r.text) for r in responses]
+            assert len(early) >= len(tasks) - POOL, f"requests hung behind the pool: {statuses}"
+            busy = [r for r in responses if r.status_code == 503]
+            assert len(busy) >= REQUESTS - POOL, statuses
+            for r in busy:
+                assert r.headers.get("retry-after"), r.headers
+                assert isinstance(r.json()["detail"], str)
+            assert statuses[201] >= 1, "the requests that held connections completed"
+
+            # Load gone: answered at once, not a 503 left over.
+            for _ in range(3):
+                moved = await ends_within(send(api.client, a, b), "transfer after the load", 5)
+                assert moved.status_code == 201, moved.text
+                listed = await ends_within(api.client.get("/users"), "GET /users after", 5)
+                assert listed.status_code == 200, listed.text
+        book = await assert_invariants(backend.engine)
+        assert len(book.transfer_ids) == statuses[201] + 3
+    finally:
+        await empty_tables(backend.engine)
