@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     secret_key_file: Path | None = None
     access_token_expire_minutes: int = Field(default=30, ge=1, le=60 * 24 * 30)
 
-    pool_size: int = Field(default=10, ge=1, le=1000)
+    pool_size: int = Field(default=5, ge=1, le=1000)
     pool_max_overflow: int = Field(default=10, ge=0, le=1000)
     pool_timeout: float = Field(default=10.0, gt=0, le=600)
     pool_recycle: int = Field(default=1800, ge=-1)
