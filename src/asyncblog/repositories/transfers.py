@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import CursorResult, Table, case, or_, select, update
 
+from asyncblog.db import utcnow
 from asyncblog.models import Transfer, User
 from asyncblog.repositories.base import Repository, valid_id
 
@@ -39,6 +40,24 @@ class TransferRepository(Repository[Transfer]):
         )
         rows = await self.session.execute(stmt)
         return {row.id: (row.balance, row.is_active) for row in rows}
+
+    async def move(self, from_user_id: int, to_user_id: int, amount: Decimal) -> bool:
+        """Debit one user and credit another in ONE statement (both rows are already locked),
+        with the arithmetic in SQL. The debit only applies while the balance covers it: anything
+        but two changed rows means it did not (and the caller rolls back)."""
+        users = cast(Table, User.__table__)  # a Core UPDATE: no ORM bookkeeping for two numbers
+        sender = users.c.id == from_user_id
+        stmt = (
+            update(users)
+            .where(users.c.id.in_([from_user_id, to_user_id]))
+            .where(or_(~sender, users.c.balance >= amount))
+            .values(
+                balance=case((sender, users.c.balance - amount), else_=users.c.balance + amount),
+                updated_at=utcnow(),
+            )
+        )
+        result = cast(CursorResult[Any], await self.session.execute(stmt))
+        return bool(result.rowcount == 2)
 
     async def add_to_balance(self, user_id: int, delta: Decimal) -> bool:
         """balance += delta in SQL (never read-modify-write in Python); a debit only applies when

@@ -90,9 +90,8 @@ class TransferService:
             raise NotFound("Recipient not found")
         if locked[sender_id][0] < data.amount:
             raise Conflict("Insufficient balance")
-        if not await self.ledger.add_to_balance(sender_id, -data.amount):
+        if not await self.ledger.move(sender_id, data.to_user_id, data.amount):
             raise Conflict("Insufficient balance")  # the CHECK would refuse it too
-        await self.ledger.add_to_balance(data.to_user_id, data.amount)
         transfer = await self.ledger.create(
             from_user_id=sender_id,
             to_user_id=data.to_user_id,
