@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest migrate bench bench-transfers compare clean
+.PHONY: run test lint typecheck pytest migrate bench bench-transfers bench-sqlite compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: $(STAMP)
 
 bench-transfers: $(STAMP)
 	$(BIN)/python bench/transfers.py $(BENCH_ARGS)
+
+bench-sqlite: $(STAMP)
+	$(BIN)/python bench/sqlite.py $(BENCH_ARGS)
 
 compare: $(STAMP)
 	../shared/bench/compare.sh
