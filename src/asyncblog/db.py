@@ -30,7 +30,6 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
-    AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
@@ -365,6 +364,3 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-
-
-SessionFactory = async_sessionmaker[AsyncSession]

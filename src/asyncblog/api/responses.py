@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 from fastapi import Response
 from pydantic import TypeAdapter
 
+from asyncblog.schemas import Detail
+
 T = TypeVar("T")
 
 
@@ -19,3 +21,11 @@ class View(Generic[T]):
     def render(self, obj: Any, status_code: int = 200) -> Response:
         value = self.adapter.validate_python(obj, from_attributes=True)
         return Response(self.adapter.dump_json(value), status_code, media_type="application/json")
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+
+def errors(*codes: int) -> Responses:
+    """OpenAPI `responses` for these error statuses, each a `{"detail": ...}` sentence."""
+    return {code: {"model": Detail} for code in codes}

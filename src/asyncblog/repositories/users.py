@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from sqlalchemy import or_, select
 
@@ -35,7 +35,3 @@ class UserRepository(Repository[User]):
             taken_names.add(username.lower())
             taken_mails.add(email)
         return taken_names, taken_mails
-
-    async def ids_existing(self, ids: Sequence[int]) -> set[int]:
-        rows = await self.session.scalars(select(User.id).where(User.id.in_(ids)))
-        return set(rows)

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 
 from asyncblog.api.deps import Auth
-from asyncblog.schemas import Detail, Token
+from asyncblog.api.responses import errors
+from asyncblog.schemas import Token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -14,7 +15,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 @router.post(
     "/token",
     response_model=Token,
-    responses={401: {"model": Detail}, 400: {"model": Detail}, 429: {"model": Detail}},
+    responses=errors(400, 401, 429),
 )
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: Auth, request: Request

@@ -1,28 +1,21 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Response, status
 
 from asyncblog.api.deps import CurrentAdmin, CurrentUser, PageParams, Transfers
-from asyncblog.api.responses import View
+from asyncblog.api.responses import View, errors
 from asyncblog.models import Transfer
-from asyncblog.schemas import Deposit, Detail, TransferCreate, TransferView
+from asyncblog.schemas import Deposit, TransferCreate, TransferView
 
 router = APIRouter(tags=["money"])
 
 TRANSFER: View[TransferView] = View(TransferView)
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Detail},
-    403: {"model": Detail},
-    404: {"model": Detail},
-    409: {"model": Detail},
-    503: {"model": Detail},
-}
-
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail}}
-CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Detail}}
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": Detail}}
+ERRORS = errors(401, 403, 404, 409, 503)
+NOT_FOUND = errors(404)
+CONFLICT = errors(409)
+UNAUTHORIZED = errors(401)
 
 
 @router.post(

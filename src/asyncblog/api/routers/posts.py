@@ -1,25 +1,21 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
 from asyncblog.api.deps import CurrentUser, PageParams, Posts
+from asyncblog.api.responses import errors
 from asyncblog.models import Post
-from asyncblog.schemas import MAX_ID, Detail, PostCreate, PostUpdate, PostView, PostWithAuthor
+from asyncblog.schemas import MAX_ID, PostCreate, PostUpdate, PostView, PostWithAuthor
 
 router = APIRouter(prefix="/posts", tags=["posts"])
 
 PostId = Annotated[int, Path(description="A post id")]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Detail},
-    403: {"model": Detail},
-    404: {"model": Detail},
-}
-
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail}}
-CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Detail}}
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": Detail}}
+ERRORS = errors(401, 403, 404)
+NOT_FOUND = errors(404)
+CONFLICT = errors(409)
+UNAUTHORIZED = errors(401)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PostView, responses=ERRORS)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response, status
 
@@ -12,7 +12,7 @@ from asyncblog.api.deps import (
     Users,
     app_state,
 )
-from asyncblog.api.responses import View
+from asyncblog.api.responses import View, errors
 from asyncblog.errors import NotFound
 from asyncblog.repositories.documents import DocumentRepository
 from asyncblog.schemas import (
@@ -24,7 +24,6 @@ from asyncblog.schemas import (
     BulkUserDelete,
     BulkUserUpdate,
     Count,
-    Detail,
     UserCreate,
     UserPrivate,
     UserPrivateWithPosts,
@@ -39,15 +38,10 @@ USER_NOT_FOUND = "User not found"
 UserId = Annotated[int, Path(description="A user id")]
 PUBLIC_LIST: View[list[UserPublic]] = View(list[UserPublic])
 PRIVATE_LIST: View[list[UserPrivate]] = View(list[UserPrivate])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Detail},
-    403: {"model": Detail},
-    404: {"model": Detail},
-}
-
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail}}
-CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Detail}}
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": Detail}}
+ERRORS = errors(401, 403, 404)
+NOT_FOUND = errors(404)
+CONFLICT = errors(409)
+UNAUTHORIZED = errors(401)
 
 
 @router.post(
@@ -98,9 +92,7 @@ async def get_user(user_id: UserId, request: Request, caller: OptionalUser) -> R
     return Response(document, media_type="application/json")
 
 
-@router.patch(
-    "/{user_id}", response_model=UserPrivate, responses={**ERRORS, 409: {"model": Detail}}
-)
+@router.patch("/{user_id}", response_model=UserPrivate, responses={**ERRORS, **CONFLICT})
 async def update_user(
     user_id: UserId, data: UserUpdate, users: Users, caller: CurrentUser
 ) -> UserPrivate:
