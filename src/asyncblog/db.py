@@ -16,6 +16,7 @@ the end. Per dialect:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +47,10 @@ UTC = dt.UTC
 CENT = Decimal("0.01")
 SQLITE_BEGIN_OPTION = "asyncblog_sqlite_begin"
 POOL_BUSY = "Too many requests are waiting for the database; retry shortly"
+# The Database whose connection slot the current task holds (see Database.connection_slot).
+_slot_holder: contextvars.ContextVar[Database | None] = contextvars.ContextVar(
+    "asyncblog_slot_holder", default=None
+)
 
 
 # --------------------------------------------------------------------------- column types
@@ -343,7 +348,14 @@ class Database:
         seconds. asyncio's Semaphore is FIFO and refuses to be barged, so gating checkouts
         with one as large as the pool keeps waiting times in arrival order. A wait longer than
         the pool timeout raises Unavailable (a 503 with Retry-After for the client).
+
+        Re-entrant within a task: a request that holds a slot and needs another connection (the
+        optional caller's lookup beside the request's session) does not wait for a second slot,
+        which could otherwise deadlock once every slot is held by such a request.
         """
+        if _slot_holder.get() is self:
+            yield
+            return
         slots = self._slots
         if slots.locked():  # someone waits or none is free: queue, with a deadline
             try:
@@ -353,9 +365,14 @@ class Database:
                 raise Unavailable(POOL_BUSY, headers={"Retry-After": "1"}) from None
         else:
             await slots.acquire()  # returns at once
+        token = _slot_holder.set(self)
         try:
             yield
         finally:
+            try:
+                _slot_holder.reset(token)
+            except ValueError:  # exited from another context: nothing to undo there
+                _slot_holder.set(None)
             slots.release()
 
     @classmethod

@@ -73,3 +73,28 @@ async def test_exhausted_pool_is_503_with_retry_after_then_recovers(backend: Bac
         assert len(book.transfer_ids) == statuses[201] + 3
     finally:
         await empty_tables(backend.engine)
+
+
+async def test_authenticated_reads_beyond_the_pool_do_not_starve_each_other(
+    backend: Backend,
+) -> None:
+    """A list or a user read with a token needs two connections (the caller's lookup and the
+    read); with every slot held by such requests, none may wait for a second slot (that would
+    deadlock until the pool timeout and answer 503)."""
+    settings = settings_for(backend.url, pool_size=POOL, pool_max_overflow=POOL, pool_timeout=2.0)
+    try:
+        async with in_process_app(settings) as api:
+            _, (a, b) = await members(api.client, backend.engine, 2)
+            reads = [
+                api.client.get(path, headers=who.headers)
+                for who in (a, b)
+                for path in ("/users", f"/users/{a.id}", f"/users/{b.id}")
+                for _ in range(3)
+            ]
+            responses = await ends_within(asyncio.gather(*reads), "authenticated reads", 30)
+            statuses = Counter(r.status_code for r in responses)
+            assert statuses == {200: len(reads)}, [
+                r.text for r in responses if r.status_code != 200
+            ]
+    finally:
+        await empty_tables(backend.engine)
