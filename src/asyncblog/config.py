@@ -55,6 +55,7 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     access_log: bool = True
+    telemetry: bool = False  # FastAPI's native OpenTelemetry (traces, metrics, logs)
 
     # Argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile.
     argon2_time_cost: int = Field(default=3, ge=1, le=20)

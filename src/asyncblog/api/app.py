@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.telemetry import TelemetryConfig
 
 from asyncblog import __version__
 from asyncblog.api import errors
@@ -20,6 +21,13 @@ from asyncblog.schemas import Detail, ErrorDetail
 from asyncblog.services.users import UserService
 
 logger = logging.getLogger("asyncblog")
+
+TELEMETRY_OFF: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
 
 # Answers any route may give, so the OpenAPI description covers them everywhere.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -66,6 +74,9 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         description="Users, posts and money transfers over async SQLAlchemy.",
         lifespan=lifespan,
         responses=COMMON_RESPONSES,
+        # FastAPI's native OpenTelemetry costs every request even with no collector; on only
+        # when asked for (TELEMETRY=true, then the global OpenTelemetry providers are used).
+        telemetry=None if settings.telemetry else TELEMETRY_OFF,
     )
     if state is not None:
         app.state.asyncblog = state
