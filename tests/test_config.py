@@ -219,3 +219,30 @@ def test_an_existing_key_file_is_kept(monkeypatch: pytest.MonkeyPatch, clean_env
     (clean_env / "blog.db.secret").write_text("pre-existing-key-" + "x" * 40 + "\n")
     assert Settings().resolved_secret_key() == "pre-existing-key-" + "x" * 40
     assert os.listdir(clean_env) == ["blog.db.secret"]
+
+
+def test_racing_processes_agree_on_one_generated_key(clean_env: Path) -> None:
+    """Workers started together all create the key at once: each must end up with the same,
+    complete key (never an empty or half-written file)."""
+    import subprocess
+    import sys
+
+    db = clean_env / "race.db"
+    script = (
+        "from asyncblog.config import Settings; "
+        f"print(Settings(database_url='sqlite+aiosqlite:///{db}').resolved_secret_key())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    procs = [
+        subprocess.Popen(  # noqa: S603 - our own interpreter and script
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, text=True
+        )
+        for _ in range(8)
+    ]
+    keys = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert all(proc.returncode == 0 for proc in procs)
+    assert len(keys) == 1
+    key = keys.pop()
+    assert len(key) >= 32
+    assert (clean_env / "race.db.secret").read_text(encoding="utf-8").strip() == key
+    assert not [p for p in clean_env.iterdir() if p.name.startswith(".race.db.secret")]

@@ -86,6 +86,10 @@ def serve(
     configure_logging(settings.log_level)
     if migrate if migrate is not None else settings.dialect == "sqlite":
         _migrate(settings)
+    try:
+        settings.resolved_secret_key()  # create the key file once, before the workers start
+    except (OSError, ValueError) as exc:
+        _fail(f"SECRET_KEY: {exc}")
     uvicorn.run(
         "asyncblog.api.app:app_from_env",
         factory=True,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -132,21 +134,30 @@ def _process_secret() -> str:
 
 
 def _load_or_create_secret(path: Path) -> str:
-    """Read the key file; create it atomically (O_EXCL) if absent, so racing workers agree."""
+    """Read the key file, or create it if absent so that racing processes agree: the key is
+    written to a private temporary file first and then published with a hard link, which fails
+    if another process published first. The file is never seen half-written."""
     try:
-        existing = path.read_text(encoding="utf-8").strip()
+        return _read_key(path)
     except FileNotFoundError:
-        existing = ""
-    if existing:
-        return existing
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(key)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_urlsafe(48))
+        os.chmod(tmp, 0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> str:
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:
+        raise ValueError(f"{path} is empty; delete it to have a new key generated")
     return key
 
 
