@@ -21,6 +21,7 @@ import datetime as dt
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -47,10 +48,37 @@ UTC = dt.UTC
 CENT = Decimal("0.01")
 SQLITE_BEGIN_OPTION = "asyncblog_sqlite_begin"
 POOL_BUSY = "Too many requests are waiting for the database; retry shortly"
-# The Database whose connection slot the current task holds (see Database.connection_slot).
-_slot_holder: contextvars.ContextVar[Database | None] = contextvars.ContextVar(
-    "asyncblog_slot_holder", default=None
+
+
+@dataclass(slots=True)
+class _Lease:
+    """The pool slot the current task holds (see Database.connection_slot)."""
+
+    db: Database
+    held: bool = True
+
+
+_lease: contextvars.ContextVar[_Lease | None] = contextvars.ContextVar(
+    "asyncblog_slot_lease", default=None
 )
+
+
+@asynccontextmanager
+async def slot_released() -> AsyncIterator[None]:
+    """Give the current task's pool slot back during slow work that needs no connection
+    (Argon2 in a thread), and queue for one again afterwards. The caller must not hold a
+    connection meanwhile (commit first)."""
+    lease = _lease.get()
+    if lease is None or not lease.held:
+        yield
+        return
+    lease.held = False
+    lease.db._slots.release()
+    try:
+        yield
+    finally:
+        await lease.db._take_slot()  # Unavailable if that takes too long: lease stays released
+        lease.held = True
 
 
 # --------------------------------------------------------------------------- column types
@@ -353,27 +381,33 @@ class Database:
         optional caller's lookup beside the request's session) does not wait for a second slot,
         which could otherwise deadlock once every slot is held by such a request.
         """
-        if _slot_holder.get() is self:
+        held = _lease.get()
+        if held is not None and held.db is self and held.held:
             yield
             return
-        slots = self._slots
-        if slots.locked():  # someone waits or none is free: queue, with a deadline
-            try:
-                async with asyncio.timeout(self.pool_timeout):
-                    await slots.acquire()
-            except TimeoutError:
-                raise Unavailable(POOL_BUSY, headers={"Retry-After": "1"}) from None
-        else:
-            await slots.acquire()  # returns at once
-        token = _slot_holder.set(self)
+        await self._take_slot()
+        lease = _Lease(self)
+        token = _lease.set(lease)
         try:
             yield
         finally:
             try:
-                _slot_holder.reset(token)
+                _lease.reset(token)
             except ValueError:  # exited from another context: nothing to undo there
-                _slot_holder.set(None)
-            slots.release()
+                _lease.set(None)
+            if lease.held:
+                self._slots.release()
+
+    async def _take_slot(self) -> None:
+        slots = self._slots
+        if not slots.locked():
+            await slots.acquire()  # returns at once
+            return
+        try:  # someone waits or none is free: queue, with a deadline
+            async with asyncio.timeout(self.pool_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise Unavailable(POOL_BUSY, headers={"Retry-After": "1"}) from None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,8 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from asyncblog.config import Settings
+from asyncblog.db import slot_released
+from asyncblog.errors import Unavailable
 
 ALGORITHM = "HS256"
 
@@ -22,6 +26,8 @@ class PasswordHasher:
     """Argon2id hashing in worker threads (argon2 releases the GIL), a bounded number at a time.
 
     Hashing is deliberately slow CPU work; on the event loop it would stall every other request.
+    While it runs, the request gives its pool slot back (`db.slot_released`): tens of
+    milliseconds per hash must not keep other requests from the database.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -38,7 +44,19 @@ class PasswordHasher:
         self._dummy: str | None = None
 
     async def hash(self, password: str) -> str:
-        return await to_thread.run_sync(self._hash.hash, password, limiter=self._limiter)
+        async with slot_released():
+            return await to_thread.run_sync(self._hash.hash, password, limiter=self._limiter)
+
+    async def hash_many(self, passwords: Sequence[str]) -> list[str]:
+        """Hash a batch using at most half of the hashing threads, so that logins and
+        registrations arriving meanwhile are not queued behind the whole batch."""
+        share = asyncio.Semaphore(max(1, int(self._limiter.total_tokens) // 2))
+
+        async def one(password: str) -> str:
+            async with share:
+                return await self.hash(password)
+
+        return list(await asyncio.gather(*(one(p) for p in passwords)))
 
     async def verify(self, password: str, hashed: str | None) -> bool:
         """Check `password`; with no hash (unknown user) do the same work and return False."""
@@ -54,9 +72,12 @@ class PasswordHasher:
 
     async def _verify(self, password: str, hashed: str) -> bool:
         try:
-            return await to_thread.run_sync(
-                self._hash.verify, password, hashed, limiter=self._limiter
-            )
+            async with slot_released():
+                return await to_thread.run_sync(
+                    self._hash.verify, password, hashed, limiter=self._limiter
+                )
+        except Unavailable:
+            raise
         except Exception:  # a malformed stored hash is a failed login, not a 500
             return False
 

@@ -10,11 +10,16 @@ timeout (never a 500, never a hang); once the lock goes, the service answers at 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 
 import httpx
 from sqlalchemy import text
 
+from asyncblog.api.app import create_app
+from asyncblog.api.state import AppState
+from asyncblog.config import Settings
+from asyncblog.security import PasswordHasher
 from tests.conftest import Backend, empty_tables, settings_for
 from tests.faults.conftest import assert_invariants, ends_within, in_process_app, members, send
 
@@ -97,4 +102,53 @@ async def test_authenticated_reads_beyond_the_pool_do_not_starve_each_other(
                 r.text for r in responses if r.status_code != 200
             ]
     finally:
+        await empty_tables(backend.engine)
+
+
+class GatedHasher(PasswordHasher):
+    """The real Argon2 hasher, except that verification waits for the test's go-ahead: a slow
+    hash, held open on purpose (no database mock: only the CPU work is paced)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.started = threading.Event()
+        self.go = threading.Event()
+        real = self._hash.verify
+
+        def paced(password: str, hashed: str) -> bool:
+            self.started.set()
+            self.go.wait(30)
+            return bool(real(password, hashed))
+
+        self._hash.verify = paced  # type: ignore[method-assign]
+
+
+async def test_password_hashing_does_not_hold_a_pool_slot(backend: Backend) -> None:
+    """With a pool of one, a login whose Argon2 verification is still running must not keep
+    other requests from the database (they would wait and get 503 after POOL_TIMEOUT)."""
+    settings = settings_for(backend.url, pool_size=1, pool_max_overflow=1, pool_timeout=0.5)
+    state = AppState.build(settings)
+    hasher = GatedHasher(settings)
+    state.hasher = hasher
+    app = create_app(state=state)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            hasher.go.set()  # registration and the first logins run freely
+            _, (a, _b) = await members(client, backend.engine, 2)
+            hasher.go.clear()
+            hasher.started.clear()
+            login = asyncio.create_task(
+                client.post("/auth/token", data={"username": a.username, "password": "wrong-pw1"})
+            )
+            await ends_within(asyncio.to_thread(hasher.started.wait, 10), "verify started", 15)
+            assert not login.done()
+            count = await ends_within(client.get("/users/count"), "a read during a login", 10)
+            assert count.status_code == 200, count.text
+            hasher.go.set()
+            answer = await ends_within(login, "the login", 10)
+            assert answer.status_code == 401, answer.text
+    finally:
+        hasher.go.set()
+        await state.db.dispose()
         await empty_tables(backend.engine)

@@ -55,7 +55,10 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
                 raise
 
 
-Session = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the session (its connection, its pool slot, on SQLite a write lock) is
+# closed as soon as the endpoint has returned, not after the response has gone out to a
+# possibly slow client.
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 Token = Annotated[str | None, Depends(oauth2)]
 
 

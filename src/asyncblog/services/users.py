@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -67,6 +66,7 @@ class UserService:
         if user is None:
             raise NotFound(USER_NOT_FOUND)
         if "password" in changes:
+            await self.session.commit()  # no connection held while hashing
             changes["hashed_password"] = await self.hasher.hash(changes.pop("password"))
         if changes:
             try:
@@ -113,7 +113,7 @@ class UserService:
         if conflicts and data.on_conflict == "abort":
             raise Conflict("Username or email already registered", conflicts=conflicts)
         todo = [i for i in range(len(data.users)) if i not in set(conflicts)]
-        hashes = await asyncio.gather(*(self.hasher.hash(data.users[i].password) for i in todo))
+        hashes = await self.hasher.hash_many([data.users[i].password for i in todo])
         rows = [
             {
                 "username": data.users[i].username,
