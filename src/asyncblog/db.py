@@ -202,11 +202,17 @@ async def asyncpg_fetchval(conn: AsyncConnection, sql: str, *args: Any) -> Any:
     driver: Any = (await conn.get_raw_connection()).driver_connection
     try:
         return await driver.fetchval(sql, *args)
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         await conn.invalidate()  # lost or hung: never hand it out again
         raise Unavailable(DB_UNAVAILABLE) from exc
-    except asyncpg.QueryCanceledError as exc:
-        raise Unavailable(DB_UNAVAILABLE) from exc
+    except asyncpg.PostgresError as exc:
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        if sqlstate.startswith("08") or sqlstate.startswith("57P"):  # gone or shutting down
+            await conn.invalidate()
+            raise Unavailable(DB_UNAVAILABLE) from exc
+        if sqlstate in ("57014", "53300"):  # statement timeout, too many connections
+            raise Unavailable(DB_UNAVAILABLE) from exc
+        raise
 
 
 # --------------------------------------------------------------------------- engine
@@ -224,6 +230,8 @@ def _sqlite_in_memory(url: URL) -> bool:
 def engine_options(settings: Settings, url: URL) -> dict[str, Any]:
     """Keyword arguments for `create_async_engine`, per dialect."""
     dialect = _dialect_of(url)
+    # hide_parameters: a database error in the log must not carry a password hash
+    common: dict[str, Any] = {"hide_parameters": True}
     pool = {
         "pool_size": settings.pool_size,
         "max_overflow": settings.pool_max_overflow,
@@ -235,8 +243,8 @@ def engine_options(settings: Settings, url: URL) -> dict[str, Any]:
         }
         if not _sqlite_in_memory(url):
             options.update(pool)
-        return options
-    options = {**pool, "pool_recycle": settings.pool_recycle}
+        return {**common, **options}
+    options = {**common, **pool, "pool_recycle": settings.pool_recycle}
     timeout_ms = settings.statement_timeout_ms
     if dialect == "postgresql":
         server_settings = {"application_name": "asyncblog", "timezone": "UTC"}
@@ -342,7 +350,7 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.dialect = "mysql" if engine.dialect.name == "mariadb" else engine.dialect.name
+        self.dialect = _dialect_of(engine.url)
         reader = writer = engine
         if self.dialect == "sqlite":
             writer = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})

@@ -40,6 +40,7 @@ NAMING_CONVENTION = {
 
 PG_CASE_INSENSITIVE = "case_insensitive"
 
+MAX_ID = 2_147_483_647  # the id columns are 32-bit integers on every backend
 USERNAME_MAX = 50
 EMAIL_MAX = 254
 TITLE_MAX = 200

@@ -17,9 +17,8 @@ from pydantic import (
     model_validator,
 )
 
-from asyncblog.models import CONTENT_MAX, EMAIL_MAX, TITLE_MAX, USERNAME_MAX
+from asyncblog.models import CONTENT_MAX, EMAIL_MAX, MAX_ID, TITLE_MAX, USERNAME_MAX
 
-MAX_ID = 2_147_483_647  # the id columns are 32-bit integers on every backend
 MAX_AMOUNT = Decimal("1000000000.00")
 BULK_MAX = 1000
 

@@ -8,10 +8,18 @@ A successful login clears the username's count. Counts live in this process, or 
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from typing import Protocol
 
+from redis.exceptions import RedisError
+
 from asyncblog.config import Settings
+from asyncblog.schemas import USERNAME_PATTERN
+
+logger = logging.getLogger("asyncblog.throttle")
+USERNAME = re.compile(USERNAME_PATTERN)
 
 
 class FailureCounter(Protocol):
@@ -101,23 +109,38 @@ class LoginThrottle:
 
     @staticmethod
     def keys(username: str, client: str | None) -> list[str]:
-        keys = [f"user:{username.lower()}"]
+        # A name no account can have shares one bucket: no unbounded keys from junk input.
+        name = username.lower() if USERNAME.fullmatch(username) else "<malformed>"
+        keys = [f"user:{name}"]
         if client:
             keys.append(f"addr:{client}")
         return keys
 
     async def retry_after(self, keys: list[str]) -> float:
-        """0 if an attempt may go ahead, else the seconds to wait."""
+        """0 if an attempt may go ahead, else the seconds to wait. If the counter store (Redis)
+        is unreachable, logins go ahead unthrottled and a warning is logged: an outage of the
+        throttle must not become an outage of logging in."""
         wait = 0.0
         for key in keys:
-            count, ttl = await self.counter.failures(key)
+            try:
+                count, ttl = await self.counter.failures(key)
+            except RedisError as exc:
+                logger.warning("login throttle unavailable: %s", exc)
+                return 0.0
             if count >= self.max_failures:
                 wait = max(wait, ttl, 1.0)
         return wait
 
     async def failed(self, keys: list[str]) -> None:
         for key in keys:
-            await self.counter.add_failure(key)
+            try:
+                await self.counter.add_failure(key)
+            except RedisError as exc:
+                logger.warning("login throttle unavailable: %s", exc)
+                return
 
     async def succeeded(self, username: str) -> None:
-        await self.counter.clear(f"user:{username.lower()}")
+        try:
+            await self.counter.clear(self.keys(username, None)[0])
+        except RedisError as exc:
+            logger.warning("login throttle unavailable: %s", exc)

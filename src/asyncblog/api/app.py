@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from asyncblog import __version__
 from asyncblog.api import errors
@@ -17,6 +19,7 @@ from asyncblog.api.middleware import RequestContextMiddleware
 from asyncblog.api.routers import auth, health, money, posts, users
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings, load_settings
+from asyncblog.errors import ServiceError
 from asyncblog.schemas import Detail, ErrorDetail
 from asyncblog.services.users import UserService
 
@@ -42,10 +45,22 @@ async def create_first_admin(state: AppState) -> None:
     s = state.settings
     if not (s.first_admin_username and s.first_admin_email and s.first_admin_password):
         return
-    async with state.db.write_session() as session:
-        created = await UserService(session, state.hasher).ensure_admin(
-            s.first_admin_username, s.first_admin_email, s.first_admin_password.get_secret_value()
-        )
+    try:
+        async with state.db.write_session() as session:
+            created = await UserService(session, state.hasher).ensure_admin(
+                s.first_admin_username,
+                s.first_admin_email,
+                s.first_admin_password.get_secret_value(),
+            )
+    except ValidationError as exc:
+        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        logger.error("FIRST_ADMIN_* is not a valid user, no admin created: %s", problems)
+        return
+    except (SQLAlchemyError, OSError, ServiceError) as exc:
+        # The service starts anyway (and answers 503 until the database is back); the admin
+        # is created at the next start, or with `asyncblog create-admin`.
+        logger.warning("could not create the first admin now: %s", type(exc).__name__)
+        return
     if created is not None:
         logger.info("created the first admin", extra={"username": created.username})
 

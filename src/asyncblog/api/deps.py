@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncblog.api.state import AppState
 from asyncblog.errors import Forbidden, Unauthorized
-from asyncblog.models import User
-from asyncblog.schemas import MAX_ID
+from asyncblog.models import MAX_ID, User
 from asyncblog.services.auth import INVALID_TOKEN, AuthService
 from asyncblog.services.posts import PostService
 from asyncblog.services.transfers import TransferService

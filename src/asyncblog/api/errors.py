@@ -49,7 +49,8 @@ ECHO_DEPTH = 16
 def _printable(value: Any, depth: int = 0) -> Any:
     """`value` made printable as strict JSON: strings encodable as UTF-8 (a lone surrogate from
     a JSON escape such as "\\ud800" becomes U+FFFD), non-finite numbers as text, and nesting
-    cut at ECHO_DEPTH levels, so that echoing bad input back cannot itself fail."""
+    cut at ECHO_DEPTH levels, so that echoing bad input back cannot itself fail; and any
+    "password" in it hidden."""
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if isinstance(value, float) and not math.isfinite(value):
@@ -57,7 +58,10 @@ def _printable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict | list | tuple) and depth >= ECHO_DEPTH:
         return "..."
     if isinstance(value, dict):
-        return {_printable(k, depth + 1): _printable(v, depth + 1) for k, v in value.items()}
+        return {
+            _printable(k, depth + 1): "[hidden]" if k == "password" else _printable(v, depth + 1)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_printable(v, depth + 1) for v in value]
     return value

@@ -15,11 +15,9 @@ from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.interfaces import ORMOption
 
-from asyncblog.models import Base
+from asyncblog.models import MAX_ID, Base
 
 ModelT = TypeVar("ModelT", bound=Base)
-
-MAX_ID = 2_147_483_647
 
 
 def valid_id(value: int | None) -> bool:
@@ -40,14 +38,10 @@ class Repository(Generic[ModelT]):
     def _select(self) -> Select[Any]:
         return select(self.model)
 
-    async def get(
-        self, id_: int, *, options: Sequence[ORMOption] = (), for_update: bool = False
-    ) -> ModelT | None:
+    async def get(self, id_: int, *, options: Sequence[ORMOption] = ()) -> ModelT | None:
         if not valid_id(id_):
             return None
         stmt = self._select().where(self._id == id_).options(*options)
-        if for_update:
-            stmt = stmt.with_for_update()
         result = await self.session.execute(stmt)
         return cast(ModelT | None, result.scalar_one_or_none())
 

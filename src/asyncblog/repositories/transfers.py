@@ -59,14 +59,12 @@ class TransferRepository(Repository[Transfer]):
         result = cast(CursorResult[Any], await self.session.execute(stmt))
         return bool(result.rowcount == 2)
 
-    async def add_to_balance(self, user_id: int, delta: Decimal) -> bool:
-        """balance += delta in SQL (never read-modify-write in Python); a debit only applies when
-        it keeps the balance >= 0. Returns whether a row changed."""
+    async def credit(self, user_id: int, amount: Decimal) -> bool:
+        """balance += amount in SQL (never read-modify-write in Python). Returns whether the
+        user exists."""
         if not valid_id(user_id):
             return False
-        stmt = update(User).where(User.id == user_id).values(balance=User.balance + delta)
-        if delta < 0:
-            stmt = stmt.where(User.balance >= -delta)
+        stmt = update(User).where(User.id == user_id).values(balance=User.balance + amount)
         result = cast(
             CursorResult[Any],
             await self.session.execute(stmt, execution_options={"synchronize_session": False}),

@@ -1,4 +1,4 @@
-"""Users and their posts."""
+"""Users."""
 
 from __future__ import annotations
 

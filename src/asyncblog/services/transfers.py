@@ -4,8 +4,9 @@ A transfer locks both users' rows in ascending id order (so A->B and B->A at onc
 deadlock), checks, moves the money with SQL arithmetic and writes the ledger row, all in one
 transaction. SQLite has no row locks: a writing request's transaction begins with
 `BEGIN IMMEDIATE` (see `asyncblog.db`), which serialises writers. If the database still reports a
-deadlock, a serialization failure or a lock timeout, the whole transaction is retried a bounded
-number of times with jittered backoff; after that the client gets a 503.
+deadlock or a serialization failure, the whole transaction is retried a bounded number of times
+with jittered backoff; after that the client gets a 503. A lock wait that outlasts the statement
+timeout is a 503 at once (it already took long).
 
 `Idempotency-Key`: the key is stored on the ledger row, unique per sender, with a fingerprint of
 the request. The key is checked after the rows are locked, so a concurrent twin waits for the
@@ -117,7 +118,7 @@ class TransferService:
 
     async def deposit(self, user_id: int, amount: Decimal) -> Transfer:
         """Credit a user (an admin's deposit) and record it in the ledger."""
-        if not await self.ledger.add_to_balance(user_id, amount):
+        if not await self.ledger.credit(user_id, amount):
             raise NotFound("User not found")
         transfer = await self.ledger.create(from_user_id=None, to_user_id=user_id, amount=amount)
         await self.session.commit()

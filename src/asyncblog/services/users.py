@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,14 +18,31 @@ from asyncblog.security import PasswordHasher
 USER_NOT_FOUND = "User not found"
 
 
+# Where each driver names the violated constraint (never the duplicate value, which may look
+# like anything): asyncpg on the exception, MariaDB as "for key '...'", SQLite as the column.
+_MARIADB_KEY = re.compile(r"for key '(?:[\w]+\.)?(\w+)'")
+_SQLITE_COLUMN = re.compile(r"UNIQUE constraint failed: ([\w.]+)")
+
+
+def violated_constraint(exc: IntegrityError) -> str:
+    """The name of the unique constraint (or SQLite's `table.column`) an INSERT/UPDATE broke."""
+    cause = getattr(exc.orig, "__cause__", None)
+    name = getattr(cause, "constraint_name", None)
+    if isinstance(name, str):
+        return name
+    text = str(exc.orig)
+    for pattern in (_MARIADB_KEY, _SQLITE_COLUMN):
+        if match := pattern.search(text):
+            return str(match.group(1))
+    return ""
+
+
 def conflict_message(exc: IntegrityError) -> str:
-    """Which unique field a failed INSERT/UPDATE on users collided with. PostgreSQL and MariaDB
-    name the constraint (`uq_users_email`), SQLite the column (`users.email`); MariaDB also
-    quotes the duplicate value, so match those names, never a bare word."""
-    text = str(exc.orig).lower()
-    if "uq_users_username" in text or "users.username" in text:
+    """Which unique field a failed INSERT/UPDATE on users collided with."""
+    name = violated_constraint(exc)
+    if name in ("uq_users_username", "users.username"):
         return "Username already registered"
-    if "uq_users_email" in text or "users.email" in text:
+    if name in ("uq_users_email", "users.email"):
         return "Email already registered"
     return "Username or email already registered"
 

@@ -13,8 +13,6 @@ router = APIRouter(tags=["money"])
 
 TRANSFER: View[TransferView] = View(TransferView)
 ERRORS = errors(401, 403, 404, 409, 503)
-NOT_FOUND = errors(404)
-CONFLICT = errors(409)
 UNAUTHORIZED = errors(401)
 
 
@@ -31,7 +29,8 @@ async def transfer(
     transfers: Transfers,
     sender: CurrentUser,
     idempotency_key: Annotated[
-        str | None, Header(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$")
+        str | None,
+        Header(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"),
     ] = None,
 ) -> Response:
     result = await transfers.transfer(sender, data, idempotency_key)

@@ -6,16 +6,14 @@ from fastapi import APIRouter, Path, Query, Response, status
 
 from asyncblog.api.deps import CurrentUser, PageParams, Posts
 from asyncblog.api.responses import errors
-from asyncblog.models import Post
-from asyncblog.schemas import MAX_ID, PostCreate, PostUpdate, PostView, PostWithAuthor
+from asyncblog.models import MAX_ID, Post
+from asyncblog.schemas import PostCreate, PostUpdate, PostView, PostWithAuthor
 
 router = APIRouter(prefix="/posts", tags=["posts"])
 
 PostId = Annotated[int, Path(description="A post id")]
 ERRORS = errors(401, 403, 404)
 NOT_FOUND = errors(404)
-CONFLICT = errors(409)
-UNAUTHORIZED = errors(401)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PostView, responses=ERRORS)

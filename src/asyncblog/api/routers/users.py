@@ -31,9 +31,9 @@ from asyncblog.schemas import (
     UserPublicWithPosts,
     UserUpdate,
 )
+from asyncblog.services.users import USER_NOT_FOUND
 
 router = APIRouter(prefix="/users", tags=["users"])
-USER_NOT_FOUND = "User not found"
 
 UserId = Annotated[int, Path(description="A user id")]
 PUBLIC_LIST: View[list[UserPublic]] = View(list[UserPublic])
