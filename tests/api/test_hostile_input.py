@@ -738,3 +738,22 @@ async def test_unknown_content_type_is_a_client_error(api: Api, content_type: st
     assert_client_error(response)
     assert await count_rows(api.state, Post) == 0
     assert await count_rows(api.state, User) == 1
+
+
+async def test_a_422_never_echoes_a_password_even_in_a_whole_body(api: Api) -> None:
+    """Model-level errors carry the whole body as their input; its passwords stay hidden."""
+    user, headers = await api.user()
+    secret = "hunter2hunter2"
+    response = await api.client.patch(
+        f"/users/{user['id']}", json={"password": secret, "username": None}, headers=headers
+    )
+    assert response.status_code == 422, response.text
+    assert secret not in response.text
+    _, admin = await api.admin()
+    users = [
+        {"username": f"bulk{i}", "email": f"bulk{i}@example.com", "password": f"{secret}{i}"}
+        for i in range(1001)
+    ]
+    response = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
+    assert response.status_code == 422
+    assert secret not in response.text

@@ -33,6 +33,7 @@ from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.models import User
 from asyncblog.security import PasswordHasher
+from asyncblog.throttle import LoginThrottle
 from tests.conftest import Api, Backend, settings_for, unavailable
 
 WRONG = {"detail": "Incorrect username or password"}
@@ -533,3 +534,21 @@ async def test_deactivation_ends_tokens(api: Api, how: str) -> None:
         active = {row.id: row.is_active for row in rows}
     assert active == {user["id"]: False, bystander["id"]: True}
     assert (await api.client.get("/users/me", headers=bystander_headers)).status_code == 200
+
+
+async def test_an_unreachable_redis_does_not_stop_logins(api: Api, backend: Backend) -> None:
+    """The throttle's store being down is a warning in the log, not a 500 for every login."""
+    dead = settings_for(backend.url, redis_url="redis://127.0.0.1:1/0")
+    api.state.throttle = LoginThrottle.from_settings(dead)
+    try:
+        user = await api.register()
+        wrong = await api.client.post(
+            "/auth/token", data={"username": user["username"], "password": "not-the-pw"}
+        )
+        assert wrong.status_code == 401, wrong.text
+        right = await api.client.post(
+            "/auth/token", data={"username": user["username"], "password": "password123"}
+        )
+        assert right.status_code == 200, right.text
+    finally:
+        await api.state.throttle.counter.close()

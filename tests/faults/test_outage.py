@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import httpx
+from sqlalchemy import text
 
 from tests.conftest import Api, settings_for
 from tests.faults.conftest import (
@@ -251,3 +252,30 @@ async def test_database_restart_is_503_then_the_same_app_serves_again(
 
     book = await assert_invariants(pg_database.engine)
     assert_created_are_recorded(responses, book)
+
+
+async def test_a_terminated_connection_under_the_hot_read_is_503_then_served(
+    pg_database: PgDatabase,
+) -> None:
+    """GET /users/{id} reads through asyncpg directly (repositories/documents.py). A backend
+    killed under it (pg_terminate_backend, a failover) is a 503, not a 500, and the dead
+    connection is dropped: the next request is served."""
+    settings = settings_for(pg_database.url, pool_size=1, pool_max_overflow=0)
+    async with in_process_app(settings) as api:
+        _, (a, _b) = await members(api.client, pg_database.engine, 2)
+        first = await ends_within(api.client.get(f"/users/{a.id}"), "a read", 10)
+        assert first.status_code == 200, first.text
+        async with pg_database.engine.connect() as conn:
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'asyncblog' AND datname = current_database()"
+                )
+            )
+        assert killed == 1
+        during = await ends_within(api.client.get(f"/users/{a.id}"), "the read after", 10)
+        assert during.status_code == 503, during.text
+        assert during.json() == {"detail": "Database unavailable"}
+        after = await ends_within(api.client.get(f"/users/{a.id}"), "the next read", 10)
+        assert after.status_code == 200, after.text
+        assert after.json()["id"] == a.id
