@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from asyncblog.api.app import create_app
@@ -151,4 +152,31 @@ async def test_password_hashing_does_not_hold_a_pool_slot(backend: Backend) -> N
     finally:
         hasher.go.set()
         await state.db.dispose()
+        await empty_tables(backend.engine)
+
+
+async def test_logging_in_on_sqlite_does_not_wait_for_the_write_lock(backend: Backend) -> None:
+    """POST /auth/token only reads: on SQLite it must not queue for the write lock (writing
+    requests begin with BEGIN IMMEDIATE), so a login succeeds while another writer holds it."""
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's database-wide write lock")
+    settings = settings_for(backend.url, sqlite_busy_timeout_ms=300)
+    try:
+        async with in_process_app(settings) as api:
+            _, (a, _b) = await members(api.client, backend.engine, 2)
+            async with backend.engine.connect() as holder:
+                await holder.exec_driver_sql("COMMIT")  # leave SQLAlchemy's implicit BEGIN
+                await holder.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    login = await ends_within(
+                        api.client.post(
+                            "/auth/token", data={"username": a.username, "password": "password123"}
+                        ),
+                        "a login while a writer holds the lock",
+                        10,
+                    )
+                finally:
+                    await holder.exec_driver_sql("ROLLBACK")
+            assert login.status_code == 200, login.text
+    finally:
         await empty_tables(backend.engine)

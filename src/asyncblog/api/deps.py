@@ -7,6 +7,7 @@ hop per dependency per request.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -43,25 +44,36 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request, rolled back if the request fails. Writing requests get a write
     session (on SQLite: BEGIN IMMEDIATE). The request first waits, in arrival order, for one of
     the pool's connections (`Database.connection_slot`)."""
+    async with _session(request, write=request.method not in READ_METHODS) as session:
+        yield session
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A reading session whatever the method (logging in is a POST that only reads)."""
+    async with _session(request, write=False) as session:
+        yield session
+
+
+@asynccontextmanager
+async def _session(request: Request, *, write: bool) -> AsyncIterator[AsyncSession]:
     db = app_state(request).db
-    async with db.connection_slot():
-        factory = db.session if request.method in READ_METHODS else db.write_session
-        async with factory() as session:
-            try:
-                yield session
-            except BaseException:
-                await session.rollback()
-                raise
+    async with db.connection_slot(), (db.write_session if write else db.session)() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
 
 
 # scope="function": the session (its connection, its pool slot, on SQLite a write lock) is
 # closed as soon as the endpoint has returned, not after the response has gone out to a
 # possibly slow client.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ReadSession = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 Token = Annotated[str | None, Depends(oauth2)]
 
 
-async def auth_service(session: Session, request: Request) -> AuthService:
+async def auth_service(session: ReadSession, request: Request) -> AuthService:
     state = app_state(request)
     return AuthService(session, state.hasher, state.tokens, state.throttle)
 
