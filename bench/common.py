@@ -548,3 +548,21 @@ class Report:
 
     def write(self, path: Path) -> None:
         path.write_text("\n".join(self.lines) + "\n", encoding="utf-8")
+
+
+def start_run(
+    title: str, prefix: str, base: Path | None
+) -> tuple[Pg, dict[str, Any], Path, Report]:
+    """What every PostgreSQL bench does first: tools present, environment read, results dir
+    made, the report's first line written. Raises BenchError."""
+    pg = Pg()
+    require_tools(WRK, PGBENCH)
+    env_info = environment(pg)
+    out = results_dir(prefix, base)
+    log(f"== results dir: {out}")
+    report = Report()
+    report.add(
+        f"asyncblog {title}  {env_info['date']}  git {env_info['git_rev']}  cpus "
+        f"{env_info['cpus']}  load {' '.join(env_info['loadavg'])}  postgres {env_info['postgres']}"
+    )
+    return pg, env_info, out, report

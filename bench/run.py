@@ -305,20 +305,11 @@ def summarize(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.install_signal_handlers()
-    pg = Pg()
     try:
-        common.require_tools(common.WRK, common.PGBENCH)
-        env_info = common.environment(pg)
+        pg, env_info, out, report = common.start_run("bench", "bench", args.out)
     except BenchError as exc:
         log(f"bench: ERROR: {exc}")
         return exc.exit_code
-    out = common.results_dir("bench", args.out)
-    log(f"== results dir: {out}")
-    report = Report()
-    report.add(
-        f"asyncblog bench  {env_info['date']}  git {env_info['git_rev']}  cpus {env_info['cpus']}"
-        f"  load {' '.join(env_info['loadavg'])}  postgres {env_info['postgres']}"
-    )
     mode = "memory-check" if args.memory_check else "scenarios"
     results: dict[str, Any] = {"mode": mode, "args": vars(args), "environment": env_info}
     env = common.app_env(pg, args.db, secrets.token_urlsafe(32))

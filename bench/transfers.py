@@ -311,20 +311,11 @@ def report_invariants(report: Report, inv: dict[str, Any], created: int, in_flig
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.install_signal_handlers()
-    pg = Pg()
     try:
-        common.require_tools(common.WRK, common.PGBENCH)
-        env_info = common.environment(pg)
+        pg, env_info, out, report = common.start_run("transfers bench", "transfers", args.out)
     except BenchError as exc:
         log(f"bench-transfers: ERROR: {exc}")
         return exc.exit_code
-    out = common.results_dir("transfers", args.out)
-    log(f"== results dir: {out}")
-    report = Report()
-    report.add(
-        f"asyncblog transfers bench  {env_info['date']}  git {env_info['git_rev']}  cpus "
-        f"{env_info['cpus']}  load {' '.join(env_info['loadavg'])}  postgres {env_info['postgres']}"
-    )
     results: dict[str, Any] = {"args": vars(args), "environment": env_info}
     env = common.app_env(pg, args.db, SECRET)
     exit_code = 0
