@@ -7,10 +7,14 @@ the end. Per dialect:
   (the driver's own implicit BEGIN is switched off) so that savepoints work and a writing request
   can take the write lock up front with ``BEGIN IMMEDIATE``.
 - PostgreSQL (asyncpg): pooled connections pinged before use when they were idle (see
-  `_ping_idle_connections`), an application name, and reading requests in autocommit mode: a
-  single SELECT needs no BEGIN/ROLLBACK round trips around it.
-- MariaDB/MySQL (aiomysql): ``pool_recycle`` (the server closes idle connections), utf8mb4,
-  READ COMMITTED.
+  `_ping_idle_connections`), an application name, UTC, a statement timeout (server side, and a
+  client-side bound for a hung network), and reading requests in autocommit mode: a single
+  SELECT needs no BEGIN/ROLLBACK round trips around it.
+- MariaDB/MySQL (aiomysql): ``pool_recycle`` (the server closes idle connections), utf8mb4, UTC,
+  READ COMMITTED, statement and lock-wait timeouts.
+
+Requests take one of `POOL_SIZE` slots (FIFO) before they touch the pool; see
+`Database.connection_slot`.
 """
 
 from __future__ import annotations
@@ -172,9 +176,8 @@ def _utcnow_mysql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
 # --------------------------------------------------------------------------- errors
 
 RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
-RETRYABLE_MYSQL_ERRNOS = {
-    1213
-}  # deadlock (a lock wait timeout is a 503: the wait already took long)
+# deadlock (a lock wait timeout is not retried: the wait already took long; it is a 503)
+RETRYABLE_MYSQL_ERRNOS = {1213}
 
 
 def is_retryable(exc: DBAPIError) -> bool:
