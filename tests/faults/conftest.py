@@ -37,7 +37,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from asyncblog import migrations
@@ -602,3 +602,16 @@ async def serving(url: URL, tmp_path: Path, **settings: str) -> AsyncIterator[Se
         if server.running:
             process.kill()
             await asyncio.wait_for(process.wait(), 10)
+
+
+@asynccontextmanager
+async def lock_user(engine: AsyncEngine, user_id: int) -> AsyncIterator[AsyncConnection]:
+    """Hold what a write to this user needs, from another connection: its row lock on
+    PostgreSQL and MariaDB, the database's write lock on SQLite. Yields the holder, which the
+    caller may roll back early; otherwise the lock goes when the block ends."""
+    async with engine.connect() as holder:
+        await holder.begin()
+        await holder.execute(
+            text("UPDATE users SET balance = balance WHERE id = :id"), {"id": user_id}
+        )
+        yield holder

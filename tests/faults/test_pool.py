@@ -14,14 +14,20 @@ import threading
 from collections import Counter
 
 import httpx
-from sqlalchemy import text
 
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings
 from asyncblog.security import PasswordHasher
 from tests.conftest import Backend, empty_tables, settings_for
-from tests.faults.conftest import assert_invariants, ends_within, in_process_app, members, send
+from tests.faults.conftest import (
+    assert_invariants,
+    ends_within,
+    in_process_app,
+    lock_user,
+    members,
+    send,
+)
 
 POOL = 2
 REQUESTS = 10
@@ -39,11 +45,7 @@ async def test_exhausted_pool_is_503_with_retry_after_then_recovers(backend: Bac
     try:
         async with in_process_app(settings) as api:
             _, (a, b) = await members(api.client, backend.engine, 2)
-            async with backend.engine.connect() as holder:
-                await holder.begin()
-                await holder.execute(
-                    text("UPDATE users SET balance = balance WHERE id = :id"), {"id": a.id}
-                )
+            async with lock_user(backend.engine, a.id) as holder:
                 tasks = [asyncio.create_task(send(api.client, a, b)) for _ in range(REQUESTS)]
                 tasks.append(asyncio.create_task(api.client.get("/users")))  # a read, queued
                 # All but the POOL requests inside the database must be answered, by the
@@ -162,24 +164,14 @@ async def test_logging_in_does_not_wait_for_writers(backend: Backend) -> None:
     try:
         async with in_process_app(settings) as api:
             _, (a, _b) = await members(api.client, backend.engine, 2)
-            async with backend.engine.connect() as holder:
-                if backend.name == "sqlite":
-                    await holder.exec_driver_sql("COMMIT")  # leave SQLAlchemy's implicit BEGIN
-                    await holder.exec_driver_sql("BEGIN IMMEDIATE")
-                else:
-                    await holder.execute(
-                        text("SELECT id FROM users WHERE id = :id FOR UPDATE"), {"id": a.id}
-                    )
-                try:
-                    login = await ends_within(
-                        api.client.post(
-                            "/auth/token", data={"username": a.username, "password": "password123"}
-                        ),
-                        "a login while a writer holds the lock",
-                        10,
-                    )
-                finally:
-                    await holder.exec_driver_sql("ROLLBACK")
+            async with lock_user(backend.engine, a.id):
+                login = await ends_within(
+                    api.client.post(
+                        "/auth/token", data={"username": a.username, "password": "password123"}
+                    ),
+                    "a login while a writer holds the lock",
+                    10,
+                )
             assert login.status_code == 200, login.text
     finally:
         await empty_tables(backend.engine)

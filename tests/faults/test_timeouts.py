@@ -7,7 +7,6 @@ network, a frozen server) must not hang the request either.
 from __future__ import annotations
 
 import asyncpg
-from sqlalchemy import text
 
 from tests.conftest import Backend, empty_tables, settings_for
 from tests.faults.conftest import (
@@ -17,6 +16,7 @@ from tests.faults.conftest import (
     assert_invariants,
     ends_within,
     in_process_app,
+    lock_user,
     members,
     send,
 )
@@ -76,12 +76,7 @@ async def test_a_transfer_stuck_behind_a_lock_is_503_on_every_backend(backend: B
     try:
         async with in_process_app(settings) as api:
             _, (a, b) = await members(api.client, backend.engine, 2)
-            async with backend.engine.connect() as holder:
-                await holder.begin()
-                # A row lock on a (PostgreSQL, MariaDB); the database's write lock (SQLite).
-                await holder.execute(
-                    text("UPDATE users SET balance = balance WHERE id = :id"), {"id": a.id}
-                )
+            async with lock_user(backend.engine, a.id) as holder:
                 response = await ends_within(send(api.client, a, b), "transfer behind a lock", 30)
                 assert response.status_code == 503, response.text
                 assert response.headers.get("retry-after"), response.headers
