@@ -164,7 +164,12 @@ def state(backend: Backend, connection: AsyncConnection) -> AppState:
     async def connect() -> AsyncIterator[AsyncConnection]:
         yield connection  # reads outside a session see the test's own data
 
+    @asynccontextmanager
+    async def driver_reader() -> AsyncIterator[Any]:
+        yield (await connection.get_raw_connection()).driver_connection
+
     db.connect = connect  # type: ignore[method-assign]
+    db.driver_reader = driver_reader  # type: ignore[method-assign]
     return AppState.build(backend.settings, db)
 
 
@@ -253,10 +258,11 @@ async def empty_tables(engine: AsyncEngine) -> None:
 @pytest.fixture
 async def live_state(backend: Backend) -> AsyncIterator[AppState]:
     """App state on the real engine: real commits, a real pool, concurrent sessions."""
-    db = Database(backend.engine)
+    db = Database(backend.engine, backend.settings)
     try:
         yield AppState.build(backend.settings, db)
     finally:
+        await db.close_driver_pool()  # the engine is the session's, disposed at its end
         await empty_tables(backend.engine)
 
 

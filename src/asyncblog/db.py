@@ -19,7 +19,6 @@ Requests take one of `POOL_SIZE` slots (FIFO) before they touch the pool; see
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import datetime as dt
 import time
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 from sqlalchemy import BigInteger, DateTime, Numeric, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Dialect, make_url
@@ -47,6 +47,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from asyncblog.config import Settings
 from asyncblog.errors import DB_UNAVAILABLE, Unavailable
+from asyncblog.pools import DriverPool, SlotGate
 
 UTC = dt.UTC
 CENT = Decimal("0.01")
@@ -191,31 +192,20 @@ def is_retryable(exc: DBAPIError) -> bool:
     return "database is locked" in str(orig)
 
 
-async def asyncpg_fetchval(conn: AsyncConnection, sql: str, *args: Any) -> Any:
-    """Run one statement on this pooled connection through asyncpg itself.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
-    For the hottest read, where SQLAlchemy's statement execution would cost about as much as
-    the query: the connection still comes from (and goes back to) SQLAlchemy's pool, and
-    asyncpg's prepared-statement cache is used. Driver errors are translated here
-    the way SQLAlchemy would: a lost connection is invalidated, and it or a cancelled statement
-    is an `Unavailable` (503).
-    """
-    import asyncpg
 
-    driver: Any = (await conn.get_raw_connection()).driver_connection
-    try:
-        return await driver.fetchval(sql, *args)
-    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        await conn.invalidate()  # lost or hung: never hand it out again
-        raise Unavailable(DB_UNAVAILABLE) from exc
-    except asyncpg.PostgresError as exc:
-        sqlstate = str(getattr(exc, "sqlstate", "") or "")
-        if sqlstate.startswith("08") or sqlstate.startswith("57P"):  # gone or shutting down
-            await conn.invalidate()
-            raise Unavailable(DB_UNAVAILABLE) from exc
-        if sqlstate in ("57014", "53300"):  # statement timeout, too many connections
-            raise Unavailable(DB_UNAVAILABLE) from exc
-        raise
+def _server_gone(exc: BaseException) -> bool:
+    """asyncpg lost the connection, timed out, or the server says it is going away."""
+    if isinstance(exc, asyncpg.InterfaceError | OSError | TimeoutError):
+        return True
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    return isinstance(exc, asyncpg.PostgresError) and sqlstate.startswith(("08", "57P"))
+
+
+def _server_busy(exc: BaseException) -> bool:
+    """A statement timeout or a full server: worth a retry later, not a bug."""
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in ("57014", "53300")
 
 
 # --------------------------------------------------------------------------- engine
@@ -351,8 +341,9 @@ class Database:
     queue on the busy timeout instead of one failing with "database is locked" halfway through.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
         self.engine = engine
+        self.settings = settings
         self.dialect = _dialect_of(engine.url)
         reader = writer = engine
         if self.dialect == "sqlite":
@@ -369,7 +360,15 @@ class Database:
         # overflow stays for what is not gated (readiness checks, a CLI command).
         size = pool.size() if isinstance(pool, QueuePool) else 1
         self.pool_timeout = pool._timeout if isinstance(pool, QueuePool) else 30.0
-        self._slots = asyncio.Semaphore(max(size, 1))
+        self._slots = SlotGate(max(size, 1), self.pool_timeout)
+        self._size = max(size, 1)
+        self._driver: DriverPool | None = None
+        if self.dialect == "postgresql":
+            self._driver = DriverPool(
+                self._driver_connect,
+                recycle=settings.pool_recycle if settings else -1,
+                ping_after_idle=settings.pool_ping_after_idle if settings else 2.0,
+            )
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
@@ -378,14 +377,52 @@ class Database:
             yield conn
 
     @asynccontextmanager
+    async def driver_reader(self) -> AsyncIterator[asyncpg.Connection]:
+        """PostgreSQL: an asyncpg connection for single read-only statements, in autocommit,
+        taken in arrival order like any other (`connection_slot`).
+
+        It is not one of SQLAlchemy's: for the hottest read, a SQLAlchemy checkout (greenlet
+        switches, pool events, the connection wrappers) costs more CPU than the query. It comes
+        from a `DriverPool` connected as the engine is (same URL, server settings, timeouts).
+        Driver errors become what they would be in a session: a lost connection, a timeout or
+        a server going away is `Unavailable` (503), and the connection is not reused.
+        """
+        if self._driver is None:
+            raise RuntimeError(f"driver_reader is for PostgreSQL, not {self.dialect}")
+        async with self.connection_slot():
+            pool = self._driver
+            try:
+                con = await pool.acquire()
+            except DRIVER_ERRORS as exc:  # could not connect
+                raise Unavailable(DB_UNAVAILABLE) from exc
+            try:
+                yield con
+            except BaseException as exc:
+                pool.release(con, reusable=False)  # failed or cancelled mid-statement
+                if _server_gone(exc):
+                    pool.expire()
+                if _server_gone(exc) or _server_busy(exc):
+                    raise Unavailable(DB_UNAVAILABLE) from exc
+                raise
+            pool.release(con)
+
+    async def _driver_connect(self) -> asyncpg.Connection:
+        _args, params = self.engine.dialect.create_connect_args(self.engine.url)
+        for sqlalchemy_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+            params.pop(sqlalchemy_only, None)
+        if self.settings is not None:
+            params.update(engine_options(self.settings, self.engine.url)["connect_args"])
+        return await asyncpg.connect(**params)
+
+    @asynccontextmanager
     async def connection_slot(self) -> AsyncIterator[None]:
         """Wait (at most the pool timeout) for one of the pool's connections, first come first
         served.
 
-        The pool's own queue lets a newcomer take a connection that was just returned while an
+        The pools' own queues let a newcomer take a connection that was just returned while an
         older waiter is still being woken up; under overload a few requests then starve for
-        seconds. asyncio's Semaphore is FIFO and refuses to be barged, so gating checkouts
-        with one as large as the pool keeps waiting times in arrival order. A wait longer than
+        seconds. Gating checkouts with a FIFO `SlotGate` as large as the pool keeps waiting
+        times in arrival order. A wait longer than
         the pool timeout raises Unavailable (a 503 with Retry-After for the client).
 
         Re-entrant within a task: a request that holds a slot and needs another connection (the
@@ -410,19 +447,20 @@ class Database:
                 self._slots.release()
 
     async def _take_slot(self) -> None:
-        slots = self._slots
-        if not slots.locked():
-            await slots.acquire()  # returns at once
-            return
-        try:  # someone waits or none is free: queue, with a deadline
-            async with asyncio.timeout(self.pool_timeout):
-                await slots.acquire()
+        try:
+            await self._slots.acquire()
         except TimeoutError:
             raise Unavailable(POOL_BUSY, headers={"Retry-After": "1"}) from None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(create_engine(settings))
+        return cls(create_engine(settings), settings)
 
     async def dispose(self) -> None:
+        await self.close_driver_pool()
         await self.engine.dispose()
+
+    async def close_driver_pool(self) -> None:
+        """Close `driver_reader`'s idle connections (one in use is closed when returned)."""
+        if self._driver is not None:
+            await self._driver.close()

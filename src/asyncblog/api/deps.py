@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from asyncblog.api.state import AppState
 from asyncblog.errors import Forbidden, Unauthorized
@@ -25,10 +26,11 @@ from asyncblog.services.users import UserService
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-oauth2 = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+TOKEN_URL = "/auth/token"
+oauth2 = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
-def app_state(request: Request) -> AppState:
+def app_state(request: HTTPConnection) -> AppState:
     state: AppState = request.app.state.asyncblog
     return state
 
@@ -81,15 +83,29 @@ async def auth_service(session: ReadSession, request: Request) -> AuthService:
 Auth = Annotated[AuthService, Depends(auth_service)]
 
 
-async def optional_user(token: Token, request: Request) -> User | None:
-    """The caller when a token is sent (an invalid one is a 401), else None. Anonymous reads
-    (the common case) cost no session at all; with a token the caller is looked up in a short
-    session of its own (the User comes back detached; only its attributes are read)."""
-    if token is None:
-        return None
-    state = app_state(request)
-    async with state.db.connection_slot(), state.db.session() as session:
-        return await AuthService(session, state.hasher, state.tokens).caller(token)
+class OptionalCaller(OAuth2PasswordBearer):
+    """The caller when a bearer token is sent (an invalid one is a 401), else None.
+
+    One dependency that reads the token (declaring the same OAuth2 scheme in OpenAPI as `oauth2`)
+    and looks the caller up: FastAPI resolves each level of a dependency tree on every request,
+    and this one sits on the hottest read. Anonymous reads (the common case) cost no session
+    at all; with a token the caller is looked up in a short session of its own (the User comes
+    back detached; only its attributes are read)."""
+
+    async def __call__(self, request: HTTPConnection) -> User | None:  # type: ignore[override]
+        token = await super().__call__(request)
+        if token is None:
+            return None
+        state = app_state(request)
+        async with state.db.connection_slot(), state.db.session() as session:
+            return await AuthService(session, state.hasher, state.tokens).caller(token)
+
+
+optional_user = OptionalCaller(
+    tokenUrl=TOKEN_URL,
+    scheme_name=oauth2.scheme_name,
+    auto_error=False,
+)
 
 
 async def current_user(token: Token, session: Session, request: Request) -> User:

@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 from fastapi import Response
 from pydantic import TypeAdapter
 
-from asyncblog.schemas import Detail
+from asyncblog.schemas import Detail, ErrorDetail
 
 T = TypeVar("T")
 
@@ -24,6 +24,14 @@ class View(Generic[T]):
 
 
 Responses = dict[int | str, dict[str, Any]]
+
+# Answers any route may give, so the OpenAPI description covers them everywhere.
+COMMON_RESPONSES: Responses = {
+    400: {"model": Detail, "description": "The body could not be parsed"},
+    413: {"model": Detail, "description": "The body is larger than MAX_BODY_BYTES"},
+    422: {"model": ErrorDetail, "description": "The request is not valid"},
+    503: {"model": Detail, "description": "The database is unavailable or too busy; retry"},
+}
 
 
 def errors(*codes: int) -> Responses:

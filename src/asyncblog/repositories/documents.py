@@ -2,7 +2,7 @@
 
 This is the hottest read (`GET /users/{id}`). On PostgreSQL the database renders the document in
 ONE statement (`row_to_json` over the user's row with an aggregated array of its posts), sent
-through asyncpg directly (`db.asyncpg_fetchval`): one round trip, no ORM objects, no second
+through asyncpg directly (`Database.driver_reader`): one round trip, no ORM objects, no second
 serialization in Python. The SQL is generated from the pydantic
 views themselves, so the document cannot drift from the response model: keys are the view's
 fields, times are rendered in the same UTC format (`schemas.UTC_FORMAT`), money as its text.
@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import contains_eager
 
-from asyncblog.db import Database, asyncpg_fetchval
+from asyncblog.db import Database
 from asyncblog.models import Post, User
 from asyncblog.repositories.base import valid_id
 from asyncblog.schemas import (
@@ -79,12 +79,15 @@ class DocumentRepository:
         if not valid_id(user_id):
             return None
         view = UserPrivateWithPosts if private else UserPublicWithPosts
-        async with self.db.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                document = await asyncpg_fetchval(conn, _pg_user_with_posts(view), user_id)
-                return document.encode() if document is not None else None
-            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
-                return await self._orm_document(session, view, user_id)
+        if self.db.dialect == "postgresql":
+            async with self.db.driver_reader() as con:
+                document: str | None = await con.fetchval(_pg_user_with_posts(view), user_id)
+            return document.encode() if document is not None else None
+        async with (
+            self.db.connect() as conn,
+            AsyncSession(bind=conn, expire_on_commit=False) as session,
+        ):
+            return await self._orm_document(session, view, user_id)
 
     @staticmethod
     async def _orm_document(

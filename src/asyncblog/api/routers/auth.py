@@ -6,10 +6,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 
 from asyncblog.api.deps import Auth
-from asyncblog.api.responses import errors
+from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.schemas import Token
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], responses=COMMON_RESPONSES)
 
 
 @router.post(

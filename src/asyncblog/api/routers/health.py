@@ -7,9 +7,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from asyncblog.api.deps import State
+from asyncblog.api.responses import COMMON_RESPONSES
 from asyncblog.schemas import Health, Readiness
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], responses=COMMON_RESPONSES)
 
 
 @router.get("/healthz", response_model=Health)

@@ -5,11 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Response, status
 
 from asyncblog.api.deps import CurrentAdmin, CurrentUser, PageParams, Transfers
-from asyncblog.api.responses import View, errors
+from asyncblog.api.responses import COMMON_RESPONSES, View, errors
 from asyncblog.models import Transfer
 from asyncblog.schemas import Deposit, TransferCreate, TransferView
 
-router = APIRouter(tags=["money"])
+router = APIRouter(tags=["money"], responses=COMMON_RESPONSES)
 
 TRANSFER: View[TransferView] = View(TransferView)
 ERRORS = errors(401, 403, 404, 409, 503)

@@ -5,11 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from asyncblog.api.deps import CurrentUser, PageParams, Posts
-from asyncblog.api.responses import errors
+from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.models import MAX_ID, Post
 from asyncblog.schemas import PostCreate, PostUpdate, PostView, PostWithAuthor
 
-router = APIRouter(prefix="/posts", tags=["posts"])
+router = APIRouter(prefix="/posts", tags=["posts"], responses=COMMON_RESPONSES)
 
 PostId = Annotated[int, Path(description="A post id")]
 ERRORS = errors(401, 403, 404)

@@ -12,7 +12,7 @@ from asyncblog.api.deps import (
     Users,
     app_state,
 )
-from asyncblog.api.responses import View, errors
+from asyncblog.api.responses import COMMON_RESPONSES, View, errors
 from asyncblog.errors import NotFound
 from asyncblog.repositories.documents import DocumentRepository
 from asyncblog.schemas import (
@@ -33,7 +33,7 @@ from asyncblog.schemas import (
 )
 from asyncblog.services.users import USER_NOT_FOUND
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=COMMON_RESPONSES)
 
 UserId = Annotated[int, Path(description="A user id")]
 PUBLIC_LIST: View[list[UserPublic]] = View(list[UserPublic])
@@ -106,7 +106,7 @@ async def delete_user(user_id: UserId, users: Users, caller: CurrentUser) -> Res
 
 
 # ---------------------------------------------------------------------- bulk (admin only)
-bulk = APIRouter(prefix="/users/bulk", tags=["users: bulk"])
+bulk = APIRouter(prefix="/users/bulk", tags=["users: bulk"], responses=COMMON_RESPONSES)
 
 
 @bulk.post(
