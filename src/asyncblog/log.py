@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -15,9 +16,19 @@ _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime",
 
 
 class JSONFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC, ms), level, logger, msg, the request id if any, the
+    record's `extra` fields, and the traceback if any. Cheap: it runs once per request."""
+
+    _second = -1
+    _second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         entry: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second_text}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             # uvicorn logs its life cycle as "uvicorn.error"; it is not an error
             "logger": "uvicorn" if record.name == "uvicorn.error" else record.name,
@@ -34,10 +45,13 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-JSONFormatter.converter = __import__("time").gmtime  # timestamps in UTC
-
-
 def configure_logging(level: str = "INFO") -> None:
+    # What LogRecord would otherwise gather for every line, and no formatter here prints: the
+    # caller's file and line (a stack walk), thread and process names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()

@@ -9,7 +9,6 @@ import re
 import time
 
 import orjson
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,7 +19,7 @@ error_logger = logging.getLogger("asyncblog.error")
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 INTERNAL_ERROR = orjson.dumps({"detail": "Internal server error"})
-SECURITY_HEADERS = [
+DOCS_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
@@ -28,7 +27,10 @@ SECURITY_HEADERS = [
     (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
 ]
 # The API answers JSON; /docs is the one HTML page and loads its assets from a CDN.
-API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+API_HEADERS = [
+    *DOCS_HEADERS,
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+]
 
 
 class RequestContextMiddleware:
@@ -51,7 +53,8 @@ class RequestContextMiddleware:
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 0
-
+        docs = scope["path"].startswith(("/docs", "/redoc"))
+        added = [(b"x-request-id", rid.encode()), *(DOCS_HEADERS if docs else API_HEADERS)]
         client_gone = False
 
         async def send_with_id(message: Message) -> None:
@@ -60,12 +63,7 @@ class RequestContextMiddleware:
                 return
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers.append("X-Request-ID", rid)
-                raw = headers.raw
-                raw.extend(SECURITY_HEADERS)
-                if not scope["path"].startswith(("/docs", "/redoc")):
-                    raw.append(API_CSP)
+                message["headers"] = [*message.get("headers", ()), *added]
             try:
                 await send(message)
             except (RuntimeError, OSError) as exc:
