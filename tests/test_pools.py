@@ -63,6 +63,31 @@ async def test_a_waiter_gives_up_after_the_timeout_and_leaves_the_queue() -> Non
     await asyncio.wait_for(gate.acquire(), 1)  # the slot was not handed to the gone waiter
 
 
+async def test_each_waiter_times_out_at_its_own_deadline() -> None:
+    gate = SlotGate(1, timeout=0.1)
+    await gate.acquire()
+    early = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0.05)
+    late = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0.07)  # past early's deadline, not late's
+    assert early.done() and isinstance(early.exception(), TimeoutError)
+    assert not late.done()
+    gate.release()  # goes to `late`, the early one having left
+    await asyncio.wait_for(late, 1)
+
+
+async def test_many_waiters_time_out_and_the_gate_still_works() -> None:
+    gate = SlotGate(2, timeout=0.05)
+    await gate.acquire()
+    await gate.acquire()
+    results = await asyncio.gather(*(gate.acquire() for _ in range(200)), return_exceptions=True)
+    assert all(isinstance(r, TimeoutError) for r in results)
+    gate.release()
+    gate.release()
+    await asyncio.wait_for(gate.acquire(), 1)
+    await asyncio.wait_for(gate.acquire(), 1)
+
+
 async def test_a_waiter_cancelled_after_being_handed_a_slot_passes_it_on() -> None:
     gate = SlotGate(1, timeout=5)
     await gate.acquire()

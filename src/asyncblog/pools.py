@@ -20,14 +20,19 @@ class SlotGate:
 
     A released slot goes straight to the longest waiter: a newcomer cannot take it while that
     waiter is being woken (asyncio's Semaphore lets it, and the waiter queues again at the back).
-    A waiter gives up after `timeout` seconds with TimeoutError. An uncontended acquire is one
-    integer decrement: no future, no timer.
+    A waiter gives up after `timeout` seconds with TimeoutError.
+
+    Cheap on both paths, as every request passes here: a free slot is one integer decrement;
+    a wait is one future. All waiters have the same timeout, so the queue is also in deadline
+    order, and one timer for the oldest waiter (`_reap`) serves the whole queue instead of a
+    timer per waiter.
     """
 
     def __init__(self, size: int, timeout: float) -> None:
         self._free = size
         self.timeout = timeout
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._reaper: asyncio.TimerHandle | None = None
 
     async def acquire(self) -> None:
         if self._free > 0:  # a free slot implies nobody waits: release() hands over directly
@@ -35,31 +40,36 @@ class SlotGate:
             return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
-        timer = loop.call_later(self.timeout, _expire, waiter)
+        self._waiters.append((loop.time() + self.timeout, waiter))
+        if self._reaper is None:
+            self._reaper = loop.call_at(self._waiters[0][0], self._reap, loop)
         try:
             await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release()  # handed a slot, but cancelled before taking it: pass it on
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
-            raise
-        finally:
-            timer.cancel()
+            raise  # a waiter that gave up stays queued as a done future; it is skipped
 
     def release(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _deadline, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
         self._free += 1
 
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+    def _reap(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Time out the waiters whose deadline has passed (the oldest ones), then wait for the
+        next deadline."""
+        self._reaper = None
+        now = loop.time()
+        waiters = self._waiters
+        while waiters and (waiters[0][0] <= now or waiters[0][1].done()):
+            _deadline, waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(TimeoutError())
+        if waiters:
+            self._reaper = loop.call_at(waiters[0][0], self._reap, loop)
 
 
 @dataclass(slots=True)
