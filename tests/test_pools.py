@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from asyncblog.db import Database, _lease, slot_released
 from asyncblog.pools import DriverPool, SlotGate
 from tests.conftest import PG_ADMIN, unavailable
 
@@ -111,6 +113,22 @@ async def test_free_slots_are_taken_without_waiting() -> None:
         gate.release()
     for _ in range(3):
         await gate.acquire()
+
+
+async def test_a_child_task_cannot_use_the_slot_after_its_request_let_it_go() -> None:
+    """Tasks started inside a slot (Argon2 hashing in `gather`) copy the lease; once the
+    request has left its slot, the lease says so, and they cannot give back a slot they do
+    not own."""
+    db = Database(create_async_engine("sqlite+aiosqlite://"))
+    try:
+        async with db.connection_slot():
+            lease = _lease.get()
+            assert lease is not None and lease.held
+        assert not lease.held
+        async with slot_released():  # outside any slot: nothing to give back
+            pass
+    finally:
+        await db.dispose()
 
 
 # ---------------------------------------------------------------------------- DriverPool

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +49,8 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from asyncblog.config import Settings
 from asyncblog.errors import DB_UNAVAILABLE, Unavailable
 from asyncblog.pools import DriverPool, SlotGate
+
+logger = logging.getLogger("asyncblog.error")
 
 UTC = dt.UTC
 CENT = Decimal("0.01")
@@ -92,9 +95,10 @@ class _SlotHold:
             return
         try:
             _lease.reset(self._token)
-        except ValueError:  # exited from another context: nothing to undo there
+        except ValueError:  # exited in another context than entered: clear it there
             _lease.set(None)
         if lease.held:
+            lease.held = False  # a child task that copied the context must not use it now
             self._db._slots.release()
 
 
@@ -109,11 +113,9 @@ async def slot_released() -> AsyncIterator[None]:
         return
     lease.held = False
     lease.db._slots.release()
-    try:
-        yield
-    finally:
-        await lease.db._take_slot()  # Unavailable if that takes too long: lease stays released
-        lease.held = True
+    yield  # failed or cancelled: the request is over, it needs no slot again
+    await lease.db._take_slot()  # Unavailable if that takes too long: lease stays released
+    lease.held = True
 
 
 # --------------------------------------------------------------------------- column types
@@ -225,9 +227,10 @@ def is_retryable(exc: DBAPIError) -> bool:
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
-def _server_gone(exc: BaseException) -> bool:
-    """asyncpg lost the connection, timed out, or the server says it is going away."""
-    if isinstance(exc, asyncpg.InterfaceError | OSError | TimeoutError):
+def _server_gone(exc: BaseException, con: asyncpg.Connection) -> bool:
+    """The connection is lost or hung, or the server says it is going away (SQLSTATE 08, 57P):
+    the other idle connections are likely dead too."""
+    if con.is_closed() or isinstance(exc, OSError | TimeoutError):
         return True
     sqlstate = str(getattr(exc, "sqlstate", "") or "")
     return isinstance(exc, asyncpg.PostgresError) and sqlstate.startswith(("08", "57P"))
@@ -398,6 +401,7 @@ class Database:
                 self._driver_connect,
                 recycle=settings.pool_recycle if settings else -1,
                 ping_after_idle=settings.pool_ping_after_idle if settings else 2.0,
+                ping_timeout=settings.db_connect_timeout if settings else 2.0,
             )
 
     @asynccontextmanager
@@ -414,8 +418,10 @@ class Database:
         It is not one of SQLAlchemy's: for the hottest read, a SQLAlchemy checkout (greenlet
         switches, pool events, the connection wrappers) costs more CPU than the query. It comes
         from a `DriverPool` connected as the engine is (same URL, server settings, timeouts).
-        Driver errors become what they would be in a session: a lost connection, a timeout or
-        a server going away is `Unavailable` (503), and the connection is not reused.
+        A lost connection, a timeout, a server going away, full or cancelling the statement is
+        `Unavailable` (a 503, logged); any other driver error propagates (a bug: the statements
+        sent here carry only validated parameters). Either way the connection is not reused.
+        Not for use inside a held slot (it would re-enter it: one more connection in use).
         """
         if self._driver is None:
             raise RuntimeError(f"driver_reader is for PostgreSQL, not {self.dialect}")
@@ -424,22 +430,27 @@ class Database:
             try:
                 con = await pool.acquire()
             except DRIVER_ERRORS as exc:  # could not connect
+                logger.warning("database unavailable: %s", type(exc).__name__, exc_info=exc)
                 raise Unavailable(DB_UNAVAILABLE) from exc
             try:
                 yield con
             except BaseException as exc:
+                gone = _server_gone(exc, con)
                 pool.release(con, reusable=False)  # failed or cancelled mid-statement
-                if _server_gone(exc):
+                if gone:
                     pool.expire()
-                if _server_gone(exc) or _server_busy(exc):
+                if gone or _server_busy(exc):
+                    logger.warning("database unavailable: %s", type(exc).__name__, exc_info=exc)
                     raise Unavailable(DB_UNAVAILABLE) from exc
                 raise
             pool.release(con)
 
     async def _driver_connect(self) -> asyncpg.Connection:
         _args, params = self.engine.dialect.create_connect_args(self.engine.url)
-        for sqlalchemy_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
-            params.pop(sqlalchemy_only, None)
+        cache_size = params.pop("prepared_statement_cache_size", None)
+        if cache_size is not None:  # 0 behind pgbouncer in transaction mode
+            params["statement_cache_size"] = int(cache_size)
+        params.pop("prepared_statement_name_func", None)
         if self.settings is not None:
             params.update(engine_options(self.settings, self.engine.url)["connect_args"])
         return await asyncpg.connect(**params)
@@ -471,10 +482,12 @@ class Database:
         return cls(create_engine(settings), settings)
 
     async def dispose(self) -> None:
-        await self.close_driver_pool()
-        await self.engine.dispose()
+        try:
+            await self.close_driver_pool()
+        finally:
+            await self.engine.dispose()
 
     async def close_driver_pool(self) -> None:
-        """Close `driver_reader`'s idle connections (one in use is closed when returned)."""
+        """Close `driver_reader`'s idle connections (one in use is terminated when returned)."""
         if self._driver is not None:
             await self._driver.close()

@@ -1,7 +1,8 @@
 """ORM models: users, their posts, and the money ledger.
 
-Relationships are `lazy="raise"`: code that needs related rows says so with `selectinload`, and a
-forgotten one fails loudly in tests instead of doing hidden I/O on the event loop.
+Relationships are `lazy="raise"`: code that needs related rows says so with an eager loader (a
+post's author with `joinedload`, a user's posts with a joined `contains_eager`), and a forgotten
+one fails loudly in tests instead of doing hidden I/O on the event loop.
 
 Usernames compare case-insensitively on every backend through the column's collation: NOCASE on
 SQLite, an ICU nondeterministic collation (`case_insensitive`, created by the first migration) on

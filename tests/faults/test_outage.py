@@ -10,6 +10,7 @@ transfer attempted during the outage was half applied.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from tests.faults.conftest import (
     assert_db_unavailable,
     assert_invariants,
     ends_within,
+    free_port,
     in_process_app,
     members,
     send,
@@ -303,3 +305,39 @@ async def test_a_connection_killed_mid_statement_is_unavailable_and_replaced(
             assert await con.fetchval("SELECT 1") == 1
     finally:
         await db.dispose()
+
+
+async def test_a_bad_statement_on_the_hot_read_connection_is_not_a_503(
+    pg_database: PgDatabase,
+) -> None:
+    """A driver error that is not the server's (a parameter the statement cannot take) is a
+    bug, not an outage: it propagates as itself, only that connection is dropped, and the
+    other idle ones stay."""
+    settings = settings_for(pg_database.url, pool_size=2, pool_max_overflow=0)
+    db = AppState.build(settings).db
+    try:
+        async with db.driver_reader() as a, db.driver_reader() as b:
+            await a.fetchval("SELECT 1")
+            await b.fetchval("SELECT 1")
+        assert db._driver is not None and db._driver.size == 2
+        with pytest.raises(asyncpg.DataError):
+            async with db.driver_reader() as con:
+                await con.fetchval("SELECT $1::int", "not a number")
+        assert db._driver.size == 1  # the failed one went, the idle one stayed
+    finally:
+        await db.dispose()
+
+
+async def test_an_unreachable_server_on_the_hot_read_is_a_logged_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere"
+    db = AppState.build(settings_for(url, db_connect_timeout=1)).db
+    caplog.set_level(logging.WARNING, logger="asyncblog.error")
+    try:
+        with pytest.raises(Unavailable):
+            async with db.driver_reader():
+                pass
+    finally:
+        await db.dispose()
+    assert any(r.name == "asyncblog.error" and r.levelno == logging.WARNING for r in caplog.records)

@@ -72,8 +72,9 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
             # What exists now (the app, its schemas, SQLAlchemy's metadata) lives as long as
             # the process: out of the collector's sight, a full collection no longer walks it.
             # Measured: p99 at 256 connections 111-123 ms -> 79-80 ms, same throughput.
-            gc.collect()
-            gc.freeze()
+            if owned:
+                gc.collect()
+                gc.freeze()
             yield
         finally:
             if owned:

@@ -68,8 +68,9 @@ def _adapter(view: type[BaseModel]) -> TypeAdapter[BaseModel]:
 
 
 class DocumentRepository:
-    """Works on a connection of its own (`Database.connect`), not on a request's session: the
-    hot read needs neither a session nor an ORM unit of work."""
+    """Works on a connection of its own (`Database.driver_reader` on PostgreSQL, else
+    `Database.connect`), not on a request's session: the hot read needs neither a session nor
+    an ORM unit of work."""
 
     def __init__(self, db: Database) -> None:
         self.db = db

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload
 
 from asyncblog.models import Post
 from asyncblog.repositories.base import Repository
@@ -12,4 +12,4 @@ class PostRepository(Repository[Post]):
     model = Post
 
     async def get_with_author(self, post_id: int) -> Post | None:
-        return await self.get(post_id, options=[selectinload(Post.author)])
+        return await self.get(post_id, options=[joinedload(Post.author, innerjoin=True)])
