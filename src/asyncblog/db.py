@@ -226,19 +226,30 @@ def is_retryable(exc: DBAPIError) -> bool:
 
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
+# PostgreSQL SQLSTATEs that mean "the database cannot serve this now", not a bug:
+# a connection exception, or the server shutting down, starting up, crashed, the database dropped,
+SERVER_GONE_CLASSES = ("08", "57P")
+# a statement timeout (or cancelled statement), too many connections.
+SERVER_BUSY_SQLSTATES = frozenset({"57014", "53300"})
+
+
+def unavailable_sqlstate(sqlstate: str) -> bool:
+    """A PostgreSQL error that is a 503 (retry later) whichever way the statement was sent."""
+    return sqlstate.startswith(SERVER_GONE_CLASSES) or sqlstate in SERVER_BUSY_SQLSTATES
+
 
 def _server_gone(exc: BaseException, con: asyncpg.Connection) -> bool:
-    """The connection is lost or hung, or the server says it is going away (SQLSTATE 08, 57P):
-    the other idle connections are likely dead too."""
+    """The connection is lost or hung, or the server says it is going away: the other idle
+    connections are likely dead too."""
     if con.is_closed() or isinstance(exc, OSError | TimeoutError):
         return True
     sqlstate = str(getattr(exc, "sqlstate", "") or "")
-    return isinstance(exc, asyncpg.PostgresError) and sqlstate.startswith(("08", "57P"))
+    return isinstance(exc, asyncpg.PostgresError) and sqlstate.startswith(SERVER_GONE_CLASSES)
 
 
 def _server_busy(exc: BaseException) -> bool:
     """A statement timeout or a full server: worth a retry later, not a bug."""
-    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in ("57014", "53300")
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in SERVER_BUSY_SQLSTATES
 
 
 # --------------------------------------------------------------------------- engine

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
-from asyncblog.db import is_retryable
+from asyncblog.db import is_retryable, unavailable_sqlstate
 from asyncblog.errors import DB_UNAVAILABLE, ServiceError
 
 logger = logging.getLogger("asyncblog.error")
@@ -79,11 +79,6 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": jsonable_encoder(_printable(errors))}, 422)
 
 
-# statement timeout; admin shutdown, crash shutdown, cannot connect now (starting up or
-# shutting down), database dropped; too many connections
-UNAVAILABLE_SQLSTATES = frozenset({"57014", "57P01", "57P02", "57P03", "57P04", "57P05", "53300"})
-
-
 async def database_error(request: Request, exc: Exception) -> JSONResponse:
     """A driver error no narrower handler took: bad data (SQLSTATE class 22) is the client's
     422; a lost connection or a cancelled statement is a 503; anything else is a bug (500)."""
@@ -94,8 +89,7 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
     if (
         exc.connection_invalidated
         or exc.statement is None  # failed while connecting
-        or sqlstate.startswith("08")  # connection exception
-        or sqlstate in UNAVAILABLE_SQLSTATES
+        or unavailable_sqlstate(sqlstate)
     ):
         return await database_unavailable(request, exc)
     if is_retryable(exc):  # a deadlock or serialization failure outside the transfer retries
