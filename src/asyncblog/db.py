@@ -48,7 +48,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from asyncblog.config import Settings
 from asyncblog.errors import DB_UNAVAILABLE, Unavailable
-from asyncblog.pools import DriverPool, SlotGate
+from asyncblog.pools import DRIVER_ERRORS, DriverPool, SlotGate
 
 logger = logging.getLogger("asyncblog.error")
 
@@ -223,8 +223,6 @@ def is_retryable(exc: DBAPIError) -> bool:
         return True
     return "database is locked" in str(orig)
 
-
-DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 # PostgreSQL SQLSTATEs that mean "the database cannot serve this now", not a bug:
 # a connection exception, or the server shutting down, starting up, crashed, the database dropped,

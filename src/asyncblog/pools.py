@@ -73,10 +73,13 @@ class SlotGate:
             self._reaper = loop.call_at(waiters[0][0], self._reap, loop)
 
 
+# What asyncpg raises when a connection or its statement fails.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
 @dataclass(slots=True)
 class _Idle:
     connection: asyncpg.Connection
-    opened: float
     returned: float
 
 
@@ -116,7 +119,7 @@ class DriverPool:
             now = time.monotonic()
             if con.is_closed():
                 self._opened.pop(con, None)
-            elif 0 <= self._recycle < now - idle.opened:
+            elif 0 <= self._recycle < now - self._opened[con]:
                 self._discard(con)
             elif now - idle.returned < self._ping_after_idle or await self._alive(con):
                 return con
@@ -130,14 +133,16 @@ class DriverPool:
     def release(self, con: asyncpg.Connection, *, reusable: bool = True) -> None:
         """Keep `con` for the next acquire; with `reusable=False` (it failed or was cancelled
         mid-statement) it is terminated instead."""
-        opened = self._opened.get(con)
-        if self._closed or not reusable or opened is None or con.is_closed():
+        if (
+            self._closed
+            or not reusable
+            or con not in self._opened
+            or con.is_closed()
+            or con.is_in_transaction()
+        ):
             self._discard(con)
-            return
-        if con.is_in_transaction():
-            self._discard(con)
-            return
-        self._idle.append(_Idle(con, opened, time.monotonic()))
+        else:
+            self._idle.append(_Idle(con, time.monotonic()))
 
     def expire(self) -> None:
         """The server went away: none of the idle connections is worth a try."""
@@ -154,7 +159,7 @@ class DriverPool:
                 self._opened.pop(con, None)
                 try:
                     await asyncio.wait_for(con.close(), 5)
-                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                except DRIVER_ERRORS:
                     con.terminate()
         finally:  # cancelled or failed midway: the rest go without a goodbye
             for entry in idle:
@@ -168,7 +173,7 @@ class DriverPool:
     async def _alive(self, con: asyncpg.Connection) -> bool:
         try:
             await con.execute("SELECT 1", timeout=self._ping_timeout)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DRIVER_ERRORS:
             return False
         except BaseException:  # cancelled mid-ping: the connection is in no state to keep
             self._discard(con)
