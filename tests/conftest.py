@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from asyncblog import migrations
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings
-from asyncblog.db import Database, create_engine
+from asyncblog.db.database import Database
+from asyncblog.db.engine import create_engine
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 PG_ADMIN = os.environ.get("TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
@@ -142,6 +142,7 @@ async def backend(
 async def connection(backend: Backend) -> AsyncIterator[AsyncConnection]:
     async with backend.engine.connect() as conn:
         outer = await conn.begin()
+        await conn.execute(text("SELECT 1"))  # the drivers begin lazily: begin now
         try:
             yield conn
         finally:
@@ -160,16 +161,17 @@ def state(backend: Backend, connection: AsyncConnection) -> AppState:
     )
     db.session = db.write_session = joined
 
-    @asynccontextmanager
-    async def connect() -> AsyncIterator[AsyncConnection]:
-        yield connection  # reads outside a session see the test's own data
+    async def checkout() -> tuple[Any, Callable[[BaseException | None], Awaitable[None]]]:
+        # The data path's units run on the test's connection, as savepoints of its outer
+        # transaction (`Link` sees the open transaction).
+        raw = await connection.get_raw_connection()
 
-    @asynccontextmanager
-    async def driver_reader() -> AsyncIterator[Any]:
-        yield (await connection.get_raw_connection()).driver_connection
+        async def give_back(_failure: BaseException | None) -> None:
+            return None
 
-    db.connect = connect  # type: ignore[method-assign]
-    db.driver_reader = driver_reader  # type: ignore[method-assign]
+        return raw.driver_connection, give_back
+
+    db.checkout = checkout
     return AppState.build(backend.settings, db)
 
 
@@ -261,8 +263,7 @@ async def live_state(backend: Backend) -> AsyncIterator[AppState]:
     db = Database(backend.engine, backend.settings)
     try:
         yield AppState.build(backend.settings, db)
-    finally:
-        await db.close_driver_pool()  # the engine is the session's, disposed at its end
+    finally:  # the engine is the session's, disposed at its end
         await empty_tables(backend.engine)
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings
-from asyncblog.db import create_engine
+from asyncblog.db.engine import create_engine
 from tests.conftest import drop_database, new_database, settings_for
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.pool import NullPool
 
 from asyncblog import migrations
-from asyncblog.db import create_engine
+from asyncblog.db.engine import create_engine
 from asyncblog.models import Base, Post, User
 from tests.conftest import BACKENDS, drop_database, new_database, settings_for
 

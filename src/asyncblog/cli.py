@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy.exc import SQLAlchemyError
 
 from asyncblog.config import Settings, SettingsError, load_settings
+from asyncblog.errors import Unavailable
 
 T = TypeVar("T")
 
@@ -46,6 +47,8 @@ def _run_db(what: str, coro: Coroutine[Any, Any, T]) -> T:
             else ""
         )
         _fail(f"{what} failed: {_one_line(exc)}{hint}", 1)
+    except Unavailable as exc:  # translated by the data path; the driver's error is its cause
+        _fail(f"{what} failed: {_one_line(exc.__cause__ or exc)}", 1)
 
 
 def _settings() -> Settings:

@@ -19,6 +19,12 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./asyncblog.db"
 SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg", "mysql+aiomysql", "mariadb+aiomysql")
 
 
+def dialect_of(url: URL | str) -> str:
+    """`sqlite`, `postgresql` or `mysql` (MariaDB counts as mysql): the one normalisation."""
+    name = make_url(url).get_backend_name()
+    return "mysql" if name == "mariadb" else name
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Names are the environment variables, case-insensitive."""
 
@@ -102,8 +108,7 @@ class Settings(BaseSettings):
     @property
     def dialect(self) -> str:
         """`sqlite`, `postgresql` or `mysql` (MariaDB counts as mysql)."""
-        name = self.url.get_backend_name()
-        return "mysql" if name == "mariadb" else name
+        return dialect_of(self.url)
 
     def sqlite_path(self) -> Path | None:
         """The SQLite database file, or None for other backends and in-memory databases."""

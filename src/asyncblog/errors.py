@@ -49,3 +49,20 @@ class TooManyRequests(ServiceError):
 
 class Unavailable(ServiceError):
     status_code = 503
+
+
+class Busy(Unavailable):
+    """A deadlock, a serialization failure or SQLite's "database is locked": the same work may
+    succeed if tried again from the start of its transaction."""
+
+
+class UniqueViolation(Conflict):
+    """An INSERT or UPDATE met a unique constraint; `constraint` names it (never the value)."""
+
+    def __init__(self, constraint: str) -> None:
+        super().__init__("Conflict with existing data")
+        self.constraint = constraint
+
+
+class OutOfRange(Invalid):
+    """A value the database cannot hold (a number out of range, a string too long)."""

@@ -21,15 +21,26 @@ from sqlalchemy import (
     Index,
     MetaData,
     String,
-    Text,
     UniqueConstraint,
     false,
     true,
 )
-from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from asyncblog.db import Money, UTCDateTime, utcnow
+from asyncblog.db.types import (
+    MAX_ID,
+    PG_CASE_INSENSITIVE,
+    TITLE_MAX,
+    ContentType,
+    EmailType,
+    IdempotencyKeyType,
+    Money,
+    UsernameType,
+    UTCDateTime,
+    utcnow,
+)
+
+__all__ = ["MAX_ID", "PG_CASE_INSENSITIVE", "Base", "Post", "Transfer", "User"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -38,30 +49,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-PG_CASE_INSENSITIVE = "case_insensitive"
-
-MAX_ID = 2_147_483_647  # the id columns are 32-bit integers on every backend
-USERNAME_MAX = 50
-EMAIL_MAX = 254
-TITLE_MAX = 200
-CONTENT_MAX = 100_000
-
-UsernameType = (
-    String(USERNAME_MAX)
-    .with_variant(String(USERNAME_MAX, collation="NOCASE"), "sqlite")
-    .with_variant(postgresql.VARCHAR(USERNAME_MAX, collation=PG_CASE_INSENSITIVE), "postgresql")
-    .with_variant(mysql.VARCHAR(USERNAME_MAX, collation="utf8mb4_general_ci"), "mysql", "mariadb")
-)
-EmailType = String(EMAIL_MAX).with_variant(
-    mysql.VARCHAR(EMAIL_MAX, collation="utf8mb4_bin"), "mysql", "mariadb"
-)
-# Client-chosen keys compare byte for byte ("Order-7" is not "order-7").
-IdempotencyKeyType = String(255).with_variant(
-    mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb"
-)
-# MariaDB's TEXT holds 64 KiB; a post may hold 100,000 characters of up to 4 bytes.
-ContentType = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
 class Base(DeclarativeBase):

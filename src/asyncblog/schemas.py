@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from asyncblog.models import CONTENT_MAX, EMAIL_MAX, MAX_ID, TITLE_MAX, USERNAME_MAX
+from asyncblog.db.types import CONTENT_MAX, EMAIL_MAX, MAX_ID, TITLE_MAX, USERNAME_MAX
 
 MAX_AMOUNT = Decimal("1000000000.00")
 BULK_MAX = 1000
@@ -122,12 +122,19 @@ class PostView(ORMView):
     updated_at: Timestamp
 
 
+# GET /users/{id} embeds the user's first posts, so its answer stays bounded however many the
+# user writes; the rest come from GET /posts?author_id=...&after_id=...
+EMBEDDED_POSTS = 100
+
+
 class UserPublicWithPosts(UserPublic):
     posts: list[PostView]
+    posts_total: int
 
 
 class UserPrivateWithPosts(UserPrivate):
     posts: list[PostView]
+    posts_total: int
 
 
 class Count(BaseModel):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,8 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from asyncblog.config import Settings
-from asyncblog.db import slot_released
+from asyncblog.db.admission import slot_released
+from asyncblog.db.types import sha256_stamp
 from asyncblog.errors import Unavailable
 
 ALGORITHM = "HS256"
@@ -133,5 +133,8 @@ class AccessClaims:
 
 def password_stamp(hashed_password: str) -> str:
     """A short digest of the user's current (salted) password hash, carried in each token: a
-    password change gives a new hash, so every token issued before it stops matching."""
-    return hashlib.sha256(hashed_password.encode()).hexdigest()[:16]
+    password change gives a new hash, so every token issued before it stops matching. The same
+    digest in SQL is `db.types.password_stamp`."""
+    stamp = sha256_stamp(hashed_password)
+    assert stamp is not None
+    return stamp

@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy import text
 
 from asyncblog.api.state import AppState
-from asyncblog.errors import Unavailable
+from asyncblog.db.statements import Statement
+from asyncblog.errors import OutOfRange, Unavailable
 from tests.conftest import Api, settings_for
 from tests.faults.conftest import (
     FaultProxy,
@@ -262,9 +263,9 @@ async def test_database_restart_is_503_then_the_same_app_serves_again(
 async def test_terminated_connections_under_the_hot_read_are_never_a_500(
     pg_database: PgDatabase,
 ) -> None:
-    """GET /users/{id} reads through asyncpg directly (`Database.driver_reader`). Backends
-    killed between requests (pg_terminate_backend, a failover) are noticed: the next read is
-    served on a new connection or is a 503, never a 500, and the one after is served."""
+    """Backends killed between requests (pg_terminate_backend, a failover) are noticed: the
+    next read is served on a new connection or is a 503, never a 500, and the one after is
+    served."""
     settings = settings_for(pg_database.url, pool_size=1, pool_max_overflow=0)
     async with in_process_app(settings) as api:
         _, (a, _b) = await members(api.client, pg_database.engine, 2)
@@ -277,7 +278,7 @@ async def test_terminated_connections_under_the_hot_read_are_never_a_500(
                     "WHERE application_name = 'asyncblog' AND datname = current_database()"
                 )
             )
-        assert killed == 2  # the engine's pooled connection and the hot read's
+        assert killed == 1  # one pool: the data path's connections are the engine's
         during = await ends_within(api.client.get(f"/users/{a.id}"), "the read after", 10)
         assert during.status_code in (200, 503), during.text
         if during.status_code == 503:
@@ -287,57 +288,67 @@ async def test_terminated_connections_under_the_hot_read_are_never_a_500(
         assert after.json()["id"] == a.id
 
 
+PID = Statement(lambda: text("SELECT pg_backend_pid()"))
+SUICIDE = Statement(lambda: text("SELECT pg_terminate_backend(pg_backend_pid())"))
+NOT_A_NUMBER = Statement(lambda: text("SELECT CAST(:n AS int)").bindparams(n="x"))
+
+
 async def test_a_connection_killed_mid_statement_is_unavailable_and_replaced(
     pg_database: PgDatabase,
 ) -> None:
-    """The backend dies while the hot read's statement runs: Unavailable (a 503), the
-    connection is not reused, and the next read gets a working one."""
+    """The backend dies while a statement of the data path runs: Unavailable (a 503), the
+    connection is not reused, and the next unit of work gets a working one."""
     settings = settings_for(pg_database.url, pool_size=1, pool_max_overflow=0)
     db = AppState.build(settings).db
     try:
-        async with db.driver_reader() as con:
-            victim = await con.fetchval("SELECT pg_backend_pid()")
+        async with db.link() as link:
+            victim = await link.value(PID)
         with pytest.raises(Unavailable):
-            async with db.driver_reader() as con:
-                await con.fetchval("SELECT pg_terminate_backend(pg_backend_pid())")
-        async with db.driver_reader() as con:
-            assert await con.fetchval("SELECT pg_backend_pid()") != victim
-            assert await con.fetchval("SELECT 1") == 1
+            async with db.link() as link:
+                await link.value(SUICIDE)
+        async with db.link() as link:
+            assert await link.value(PID) != victim
     finally:
         await db.dispose()
 
 
-async def test_a_bad_statement_on_the_hot_read_connection_is_not_a_503(
+async def test_a_bad_statement_on_the_data_path_is_not_a_503(
     pg_database: PgDatabase,
 ) -> None:
-    """A driver error that is not the server's (a parameter the statement cannot take) is a
-    bug, not an outage: it propagates as itself, only that connection is dropped, and the
-    other idle ones stay."""
-    settings = settings_for(pg_database.url, pool_size=2, pool_max_overflow=0)
+    """An error that is the statement's, not the server's, is no outage: it is translated
+    for what it is (22P02, a value the column cannot take: 422), and the connection stays in
+    the pool for the next unit of work."""
+    settings = settings_for(pg_database.url, pool_size=1, pool_max_overflow=0)
     db = AppState.build(settings).db
     try:
-        async with db.driver_reader() as a, db.driver_reader() as b:
-            await a.fetchval("SELECT 1")
-            await b.fetchval("SELECT 1")
-        assert db._driver is not None and db._driver.size == 2
-        with pytest.raises(asyncpg.DataError):
-            async with db.driver_reader() as con:
-                await con.fetchval("SELECT $1::int", "not a number")
-        assert db._driver.size == 1  # the failed one went, the idle one stayed
+        async with db.link() as link:
+            before = await link.value(PID)
+        with pytest.raises(OutOfRange):
+            async with db.link() as link:
+                await link.value(NOT_A_NUMBER)
+        async with db.link() as link:
+            assert await link.value(PID) == before
     finally:
         await db.dispose()
 
 
-async def test_an_unreachable_server_on_the_hot_read_is_a_logged_503(
+async def test_an_unreachable_server_on_the_data_path_is_a_logged_503(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Unavailable, with the driver's error as its cause; the API answers 503 and logs it."""
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere"
-    db = AppState.build(settings_for(url, db_connect_timeout=1)).db
-    caplog.set_level(logging.WARNING, logger="asyncblog.error")
+    settings = settings_for(url, db_connect_timeout=1)
+    db = AppState.build(settings).db
     try:
-        with pytest.raises(Unavailable):
-            async with db.driver_reader():
+        with pytest.raises(Unavailable) as raised:
+            async with db.link():
                 pass
+        assert raised.value.__cause__ is not None
     finally:
         await db.dispose()
+    caplog.set_level(logging.WARNING, logger="asyncblog.error")
+    async with in_process_app(settings) as api:
+        response = await api.client.get("/users/1")
+    assert response.status_code == 503, response.text
+    assert response.json() == {"detail": "Database unavailable"}
     assert any(r.name == "asyncblog.error" and r.levelno == logging.WARNING for r in caplog.records)

@@ -19,10 +19,11 @@ from starlette.requests import HTTPConnection
 from asyncblog.api.state import AppState
 from asyncblog.errors import Forbidden, Unauthorized
 from asyncblog.models import MAX_ID, User
-from asyncblog.services.auth import INVALID_TOKEN, AuthService
-from asyncblog.services.posts import PostService
+from asyncblog.security import AccessClaims
+from asyncblog.services.auth import INVALID_TOKEN, AuthService, Caller, caller_of
+from asyncblog.services.posts import PostService, PostViews
 from asyncblog.services.transfers import TransferService
-from asyncblog.services.users import UserService
+from asyncblog.services.users import UserService, UserViews
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -45,7 +46,7 @@ State = Annotated[AppState, Depends(get_state)]
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request, rolled back if the request fails. Writing requests get a write
     session (on SQLite: BEGIN IMMEDIATE). The request first waits, in arrival order, for one of
-    the pool's connections (`Database.connection_slot`)."""
+    the pool's connections (`Database.slot`)."""
     async with _session(request, write=request.method not in READ_METHODS) as session:
         yield session
 
@@ -59,7 +60,7 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
 @asynccontextmanager
 async def _session(request: Request, *, write: bool) -> AsyncIterator[AsyncSession]:
     db = app_state(request).db
-    async with db.connection_slot(), (db.write_session if write else db.session)() as session:
+    async with db.slot(), (db.write_session if write else db.session)() as session:
         try:
             yield session
         except BaseException:
@@ -88,17 +89,15 @@ class OptionalCaller(OAuth2PasswordBearer):
 
     One dependency that reads the token (declaring the same OAuth2 scheme in OpenAPI as `oauth2`)
     and looks the caller up: FastAPI resolves each level of a dependency tree on every request,
-    and this one sits on the hottest read. Anonymous reads (the common case) cost no session
-    at all; with a token the caller is looked up in a short session of its own (the User comes
-    back detached; only its attributes are read)."""
+    and this one sits on the hottest read. Anonymous reads (the common case) cost no statement;
+    with a token, one short one (`services.auth.caller_of`)."""
 
-    async def __call__(self, request: HTTPConnection) -> User | None:  # type: ignore[override]
+    async def __call__(self, request: HTTPConnection) -> Caller | None:  # type: ignore[override]
         token = await super().__call__(request)
         if token is None:
             return None
         state = app_state(request)
-        async with state.db.connection_slot(), state.db.session() as session:
-            return await AuthService(session, state.hasher, state.tokens).caller(token)
+        return await caller_of(state.db, state.tokens.decode(token))
 
 
 optional_user = OptionalCaller(
@@ -106,6 +105,15 @@ optional_user = OptionalCaller(
     scheme_name=oauth2.scheme_name,
     auto_error=False,
 )
+
+
+async def token_claims(token: Token, request: Request) -> AccessClaims | None:
+    """The claims of the bearer token, checked by signature and expiry only (no statement):
+    for routes whose statement checks the caller itself."""
+    return app_state(request).tokens.decode(token) if token is not None else None
+
+
+Claims = Annotated[AccessClaims | None, Depends(token_claims)]
 
 
 async def current_user(token: Token, session: Session, request: Request) -> User:
@@ -121,7 +129,7 @@ async def current_admin(user: Annotated[User, Depends(current_user)]) -> User:
     return user
 
 
-OptionalUser = Annotated[User | None, Depends(optional_user)]
+OptionalUser = Annotated[Caller | None, Depends(optional_user)]
 CurrentUser = Annotated[User, Depends(current_user)]
 CurrentAdmin = Annotated[User, Depends(current_admin)]
 
@@ -138,7 +146,17 @@ async def transfer_service(session: Session) -> TransferService:
     return TransferService(session)
 
 
+async def user_views(request: Request) -> UserViews:
+    return UserViews(app_state(request).db)
+
+
+async def post_views(request: Request) -> PostViews:
+    return PostViews(app_state(request).db)
+
+
 Users = Annotated[UserService, Depends(user_service)]
+UserReads = Annotated[UserViews, Depends(user_views)]
+PostReads = Annotated[PostViews, Depends(post_views)]
 Posts = Annotated[PostService, Depends(post_service)]
 Transfers = Annotated[TransferService, Depends(transfer_service)]
 

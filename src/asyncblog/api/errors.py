@@ -12,14 +12,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
-from asyncblog.db import is_retryable, unavailable_sqlstate
-from asyncblog.errors import DB_UNAVAILABLE, ServiceError
+from asyncblog.db.errors import translate
+from asyncblog.errors import Busy, ServiceError, Unavailable
 
 logger = logging.getLogger("asyncblog.error")
 
 
 async def service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    cause = exc.__cause__
+    if isinstance(exc, Unavailable) and not isinstance(exc, Busy) and cause is not None:
+        logger.warning("database unavailable: %s", type(cause).__name__, exc_info=cause)
     headers = dict(exc.headers)
     if exc.status_code == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
@@ -28,19 +31,16 @@ async def service_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.detail, **exc.extra}, exc.status_code, headers=headers)
 
 
-async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable: %s", type(exc).__name__, exc_info=exc)
-    return JSONResponse({"detail": DB_UNAVAILABLE}, 503, headers={"Retry-After": "1"})
-
-
-async def integrity_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.info("integrity error: %s", getattr(exc, "orig", exc))
-    return JSONResponse({"detail": "Conflict with existing data"}, 409)
-
-
-async def data_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.info("data error: %s", getattr(exc, "orig", exc))
-    return JSONResponse({"detail": "A value is out of range for the database"}, 422)
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database failure that reached the API untranslated (the ORM paths): translated by the
+    one boundary (`db.errors.translate`); what it does not know is a bug (500)."""
+    error = translate(exc)
+    if error is None:
+        raise exc
+    error.__cause__ = exc
+    if error.status_code in (409, 422):
+        logger.info("refused by the database: %s", type(error).__name__)
+    return await service_error(request, error)
 
 
 ECHO_DEPTH = 16
@@ -79,39 +79,9 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": jsonable_encoder(_printable(errors))}, 422)
 
 
-async def database_error(request: Request, exc: Exception) -> JSONResponse:
-    """A driver error no narrower handler took: bad data (SQLSTATE class 22) is the client's
-    422; a lost connection or a cancelled statement is a 503; anything else is a bug (500)."""
-    assert isinstance(exc, sa_exc.DBAPIError)
-    sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-    if sqlstate.startswith("22"):
-        return await data_error(request, exc)
-    if (
-        exc.connection_invalidated
-        or exc.statement is None  # failed while connecting
-        or unavailable_sqlstate(sqlstate)
-    ):
-        return await database_unavailable(request, exc)
-    if is_retryable(exc):  # a deadlock or serialization failure outside the transfer retries
-        return JSONResponse(
-            {"detail": "The database was too busy to complete the request; retry"},
-            503,
-            headers={"Retry-After": "1"},
-        )
-    raise exc
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(sa_exc.IntegrityError, integrity_error)
-    app.add_exception_handler(sa_exc.DataError, data_error)
-    app.add_exception_handler(sa_exc.DBAPIError, database_error)
-    for unavailable in (
-        sa_exc.OperationalError,
-        sa_exc.InterfaceError,
-        sa_exc.TimeoutError,  # the pool had no connection within pool_timeout
-        OSError,  # the driver could not connect at all (refused, unreachable, timed out)
-        TimeoutError,
-    ):
-        app.add_exception_handler(unavailable, database_unavailable)
+    # SQLAlchemy's errors, and what a driver raises while connecting (refused, timed out)
+    for failure in (sa_exc.SQLAlchemyError, OSError, TimeoutError):
+        app.add_exception_handler(failure, database_error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asyncblog.config import Settings
-from asyncblog.db import Database
+from asyncblog.db.database import Database
 from asyncblog.security import PasswordHasher, TokenCodec
 from asyncblog.throttle import LoginThrottle
 

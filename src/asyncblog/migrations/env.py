@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from asyncblog.config import load_settings
-from asyncblog.db import create_engine
+from asyncblog.db.engine import create_engine
 from asyncblog.models import Base
 
 config = context.config

@@ -1,11 +1,25 @@
-"""Posts."""
+"""Posts: the ORM repository, and the data path's statements for reading and writing them."""
 
 from __future__ import annotations
 
-from sqlalchemy.orm import joinedload
+from collections.abc import Callable
+from typing import Any, cast
 
-from asyncblog.models import Post
-from asyncblog.repositories.base import Repository
+from sqlalchemy import Integer, Select, String, Table, bindparam, insert, select, true
+from sqlalchemy.orm import joinedload
+from sqlalchemy.sql import FromClause
+
+from asyncblog.db.database import Link
+from asyncblog.db.json import json_text, json_view
+from asyncblog.db.statements import Statement
+from asyncblog.db.types import password_stamp
+from asyncblog.models import Post, User
+from asyncblog.repositories.base import Repository, valid_id
+from asyncblog.repositories.views import Columns, ViewQuery, columns_of, dump, renders_json
+from asyncblog.schemas import PostView, PostWithAuthor, UserPublic
+
+_users = cast(Table, User.__table__)
+_posts = cast(Table, Post.__table__)
 
 
 class PostRepository(Repository[Post]):
@@ -13,3 +27,121 @@ class PostRepository(Repository[Post]):
 
     async def get_with_author(self, post_id: int) -> Post | None:
         return await self.get(post_id, options=[joinedload(Post.author, innerjoin=True)])
+
+
+# --------------------------------------------------------------------------- the data path
+
+_POST_FIELDS = list(PostView.model_fields)
+_AUTHOR_FIELDS = list(UserPublic.model_fields)
+
+
+def _with_author() -> tuple[Select[Any], Callable[[FromClause], Columns]]:
+    inner = (
+        select(
+            *[_posts.c[name] for name in _POST_FIELDS],
+            *[_users.c[name].label(f"au_{name}") for name in _AUTHOR_FIELDS],
+        )
+        .join_from(_posts, _users, _posts.c.author_id == _users.c.id)
+        .where(_posts.c.id == bindparam("post_id", type_=Integer))
+    )
+
+    def columns(sub: FromClause) -> Columns:
+        author = {name: sub.c[f"au_{name}"] for name in _AUTHOR_FIELDS}
+        return {**columns_of(PostView, sub), "author": json_view(UserPublic, author)}
+
+    return inner, columns
+
+
+class _WithAuthor(ViewQuery):
+    """MariaDB renders the nested author in Python from the flat row."""
+
+    async def fetch(self, link: Link, **params: Any) -> bytes | None:
+        if renders_json(link):
+            return await super().fetch(link, **params)
+        row = await link.row(_WITH_AUTHOR_ROW, **params)
+        if row is None:
+            return None
+        values = dict(zip(_POST_FIELDS, row, strict=False))
+        values["author"] = dict(zip(_AUTHOR_FIELDS, row[len(_POST_FIELDS) :], strict=True))
+        return dump(PostWithAuthor, values)
+
+
+_WITH_AUTHOR = _WithAuthor(PostWithAuthor, _with_author, many=False)
+_WITH_AUTHOR_ROW = Statement(lambda: _with_author()[0])
+
+
+def _page(by_author: bool) -> ViewQuery:
+    def source() -> tuple[Select[Any], Callable[[FromClause], Columns]]:
+        inner = (
+            select(*[_posts.c[name] for name in _POST_FIELDS])
+            .where(_posts.c.id > bindparam("after_id", type_=Integer))
+            .order_by(_posts.c.id)
+            .limit(bindparam("limit", type_=Integer))
+            .offset(bindparam("skip", type_=Integer))
+        )
+        if by_author:
+            inner = inner.where(_posts.c.author_id == bindparam("author_id", type_=Integer))
+        return inner, lambda sub: columns_of(PostView, sub)
+
+    return ViewQuery(PostView, source, many=True)
+
+
+_PAGES = {False: _page(by_author=False), True: _page(by_author=True)}
+
+
+def _create(as_json: bool) -> Statement:
+    """INSERT ... SELECT from the caller's row, only while the caller is active and its token's
+    password stamp still matches: the caller's check, the write and the view in one statement.
+    No row back: the caller is not (or no longer) allowed."""
+
+    def build() -> Any:
+        author = select(
+            bindparam("title", type_=String),
+            bindparam("content", type_=String),
+            _users.c.id,
+        ).where(
+            _users.c.id == bindparam("author_id", type_=Integer),
+            _users.c.is_active == true(),
+            password_stamp(_users.c.hashed_password) == bindparam("stamp", type_=String),
+        )
+        stmt = insert(_posts).from_select(["title", "content", "author_id"], author)
+        if as_json:
+            return stmt.returning(json_text(json_view(PostView, columns_of(PostView, _posts))))
+        return stmt.returning(*[_posts.c[name] for name in _POST_FIELDS])
+
+    return Statement(build)
+
+
+_CREATE = {True: _create(as_json=True), False: _create(as_json=False)}
+
+
+async def post_with_author(link: Link, post_id: int) -> bytes | None:
+    if not valid_id(post_id):
+        return None
+    return await _WITH_AUTHOR.fetch(link, post_id=post_id)
+
+
+async def post_page(
+    link: Link, *, author_id: int | None, skip: int, limit: int, after_id: int | None
+) -> bytes:
+    params: dict[str, Any] = {"after_id": after_id or 0, "skip": skip, "limit": limit}
+    if author_id is not None:
+        params["author_id"] = author_id
+    page = await _PAGES[author_id is not None].fetch(link, **params)
+    assert page is not None
+    return page
+
+
+async def create_post(
+    link: Link, *, author_id: int, stamp: str, title: str, content: str
+) -> bytes | None:
+    """The new post's view, or None when the author may not write (see `_create`)."""
+    as_json = renders_json(link)
+    row = await link.row(
+        _CREATE[as_json], author_id=author_id, stamp=stamp, title=title, content=content
+    )
+    if row is None:
+        return None
+    if as_json:
+        return str(row[0]).encode()
+    return dump(PostView, dict(zip(_POST_FIELDS, row, strict=True)))

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, case, or_, select, update
 
-from asyncblog.db import utcnow
+from asyncblog.db.types import utcnow
 from asyncblog.models import Transfer, User
 from asyncblog.repositories.base import Repository, valid_id
 

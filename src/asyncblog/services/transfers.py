@@ -22,11 +22,18 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from asyncblog.db import is_retryable
-from asyncblog.errors import Conflict, Invalid, NotFound, Unauthorized, Unavailable
+from asyncblog.db.errors import translated
+from asyncblog.errors import (
+    Busy,
+    Conflict,
+    Invalid,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    UniqueViolation,
+)
 from asyncblog.models import Transfer, User
 from asyncblog.repositories import TransferRepository
 from asyncblog.schemas import TransferCreate
@@ -57,22 +64,24 @@ class TransferService:
             raise Invalid("Cannot transfer to yourself")
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return await self._transfer_once(sender_id, data, idempotency_key)
-            except IntegrityError:
+                async with translated():
+                    return await self._transfer_once(sender_id, data, idempotency_key)
+            except UniqueViolation:
                 await self.session.rollback()
                 if idempotency_key is None:
                     raise
                 # A concurrent request with the same key won the INSERT: replay it.
                 return await self._replay(sender_id, data, idempotency_key)
-            except DBAPIError as exc:
+            except Busy:
                 await self.session.rollback()
-                if not is_retryable(exc) or attempt == MAX_ATTEMPTS:
-                    if is_retryable(exc):
-                        raise Unavailable(
-                            "The transfer could not be completed under contention; retry"
-                        ) from None
-                    raise
+                if attempt == MAX_ATTEMPTS:
+                    raise Unavailable(
+                        "The transfer could not be completed under contention; retry"
+                    ) from None
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))  # noqa: S311
+            except BaseException:
+                await self.session.rollback()
+                raise
         raise AssertionError("unreachable")
 
     async def _transfer_once(

@@ -2,44 +2,27 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from asyncblog.errors import Conflict, Forbidden, NotFound
+from asyncblog.db.database import Database
+from asyncblog.db.errors import translated
+from asyncblog.errors import Conflict, Forbidden, NotFound, UniqueViolation
 from asyncblog.models import User
 from asyncblog.repositories import UserRepository
+from asyncblog.repositories.users import user_count, user_document, user_page
 from asyncblog.schemas import BulkUserCreate, UserCreate, UserUpdate
 from asyncblog.security import PasswordHasher
+from asyncblog.services.auth import Caller
 
 USER_NOT_FOUND = "User not found"
 
 
-# Where each driver names the violated constraint (never the duplicate value, which may look
-# like anything): asyncpg on the exception, MariaDB as "for key '...'", SQLite as the column.
-_MARIADB_KEY = re.compile(r"for key '(?:[\w]+\.)?(\w+)'")
-_SQLITE_COLUMN = re.compile(r"UNIQUE constraint failed: ([\w.]+)")
-
-
-def violated_constraint(exc: IntegrityError) -> str:
-    """The name of the unique constraint (or SQLite's `table.column`) an INSERT/UPDATE broke."""
-    cause = getattr(exc.orig, "__cause__", None)
-    name = getattr(cause, "constraint_name", None)
-    if isinstance(name, str):
-        return name
-    text = str(exc.orig)
-    for pattern in (_MARIADB_KEY, _SQLITE_COLUMN):
-        if match := pattern.search(text):
-            return str(match.group(1))
-    return ""
-
-
-def conflict_message(exc: IntegrityError) -> str:
+def conflict_message(exc: UniqueViolation) -> str:
     """Which unique field a failed INSERT/UPDATE on users collided with."""
-    name = violated_constraint(exc)
+    name = exc.constraint
     if name in ("uq_users_username", "users.username"):
         return "Username already registered"
     if name in ("uq_users_email", "users.email"):
@@ -65,11 +48,15 @@ class UserService:
         """Create a user. Uniqueness is the database's: a concurrent twin gets a 409, not a row."""
         hashed = await self.hasher.hash(data.password)
         try:
-            user = await self.users.create(
-                username=data.username, email=data.email, hashed_password=hashed, is_admin=is_admin
-            )
-            await self.session.commit()
-        except IntegrityError as exc:
+            async with translated():
+                user = await self.users.create(
+                    username=data.username,
+                    email=data.email,
+                    hashed_password=hashed,
+                    is_admin=is_admin,
+                )
+                await self.session.commit()
+        except UniqueViolation as exc:
             await self.session.rollback()
             raise Conflict(conflict_message(exc)) from None
         return user
@@ -88,9 +75,10 @@ class UserService:
             changes["hashed_password"] = await self.hasher.hash(changes.pop("password"))
         if changes:
             try:
-                await self.users.update(user, **changes)
-                await self.session.commit()
-            except IntegrityError as exc:
+                async with translated():
+                    await self.users.update(user, **changes)
+                    await self.session.commit()
+            except UniqueViolation as exc:
                 await self.session.rollback()
                 raise Conflict(conflict_message(exc)) from None
         return user
@@ -142,9 +130,9 @@ class UserService:
         ]
         outcome = BulkOutcome(skipped=list(conflicts))
         try:
-            async with self.session.begin_nested():
+            async with translated(), self.session.begin_nested():
                 outcome.created = await self.users.bulk_create(rows)
-        except IntegrityError:
+        except UniqueViolation:
             if data.on_conflict == "abort":
                 await self.session.rollback()
                 raced = await self._conflicts(data.users)
@@ -155,9 +143,9 @@ class UserService:
             outcome.created = []
             for index, row in zip(todo, rows, strict=True):
                 try:
-                    async with self.session.begin_nested():
+                    async with translated(), self.session.begin_nested():
                         outcome.created.extend(await self.users.bulk_create([row]))
-                except IntegrityError:
+                except UniqueViolation:
                     outcome.skipped.append(index)
             outcome.skipped.sort()
         await self.session.commit()
@@ -193,3 +181,31 @@ class UserService:
         deleted = await self.users.bulk_delete(ids)
         await self.session.commit()
         return deleted
+
+
+class UserViews:
+    """Reads of users over the data path, answered as the views' JSON bytes."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def document(self, user_id: int, caller: Caller | None) -> bytes:
+        """The user with its first posts: the private view for that user or an admin."""
+        private = caller is not None and (caller.id == user_id or caller.is_admin)
+        async with self.db.link() as link:
+            document = await user_document(link, user_id, private=private)
+        if document is None:
+            raise NotFound(USER_NOT_FOUND)
+        return document
+
+    async def page(
+        self, *, skip: int, limit: int, after_id: int | None, caller: Caller | None
+    ) -> bytes:
+        """Public views; private ones for an admin."""
+        private = caller is not None and caller.is_admin
+        async with self.db.link() as link:
+            return await user_page(link, skip=skip, limit=limit, after_id=after_id, private=private)
+
+    async def count(self) -> int:
+        async with self.db.link() as link:
+            return await user_count(link)

@@ -4,9 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from asyncblog.api.deps import CurrentUser, PageParams, Posts
+from asyncblog.api.deps import Claims, CurrentUser, PageParams, PostReads, Posts
 from asyncblog.api.responses import COMMON_RESPONSES, errors
-from asyncblog.models import MAX_ID, Post
+from asyncblog.db.types import MAX_ID
+from asyncblog.models import Post
 from asyncblog.schemas import PostCreate, PostUpdate, PostView, PostWithAuthor
 
 router = APIRouter(prefix="/posts", tags=["posts"], responses=COMMON_RESPONSES)
@@ -17,27 +18,25 @@ NOT_FOUND = errors(404)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PostView, responses=ERRORS)
-async def create_post(data: PostCreate, posts: Posts, author: CurrentUser) -> Post:
-    return await posts.create(author, data)
+async def create_post(data: PostCreate, posts: PostReads, claims: Claims) -> Response:
+    return Response(await posts.create(claims, data), 201, media_type="application/json")
 
 
 @router.get("", response_model=list[PostView])
 async def list_posts(
     page: PageParams,
-    posts: Posts,
+    posts: PostReads,
     author_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-) -> list[Post]:
-    where = [Post.author_id == author_id] if author_id is not None else []
-    return list(
-        await posts.posts.list(
-            skip=page.skip, limit=page.limit, after_id=page.after_id, where=where
-        )
+) -> Response:
+    body = await posts.page(
+        author_id=author_id, skip=page.skip, limit=page.limit, after_id=page.after_id
     )
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{post_id}", response_model=PostWithAuthor, responses=NOT_FOUND)
-async def get_post(post_id: PostId, posts: Posts) -> Post:
-    return await posts.get_with_author(post_id)
+async def get_post(post_id: PostId, posts: PostReads) -> Response:
+    return Response(await posts.get(post_id), media_type="application/json")
 
 
 @router.patch("/{post_id}", response_model=PostView, responses=ERRORS)

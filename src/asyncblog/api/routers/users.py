@@ -2,19 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Path, Response, status
 
 from asyncblog.api.deps import (
     CurrentAdmin,
     CurrentUser,
     OptionalUser,
     PageParams,
+    UserReads,
     Users,
-    app_state,
 )
-from asyncblog.api.responses import COMMON_RESPONSES, View, errors
-from asyncblog.errors import NotFound
-from asyncblog.repositories.documents import DocumentRepository
+from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.schemas import (
     BulkConflict,
     BulkCreated,
@@ -31,13 +29,10 @@ from asyncblog.schemas import (
     UserPublicWithPosts,
     UserUpdate,
 )
-from asyncblog.services.users import USER_NOT_FOUND
 
 router = APIRouter(prefix="/users", tags=["users"], responses=COMMON_RESPONSES)
 
 UserId = Annotated[int, Path(description="A user id")]
-PUBLIC_LIST: View[list[UserPublic]] = View(list[UserPublic])
-PRIVATE_LIST: View[list[UserPrivate]] = View(list[UserPrivate])
 ERRORS = errors(401, 403, 404)
 NOT_FOUND = errors(404)
 CONFLICT = errors(409)
@@ -60,15 +55,14 @@ async def register(data: UserCreate, users: Users) -> UserPrivate:
     responses=UNAUTHORIZED,
     description="Public views; private views when the caller is an admin.",
 )
-async def list_users(page: PageParams, users: Users, caller: OptionalUser) -> Response:
-    rows = await users.users.list(skip=page.skip, limit=page.limit, after_id=page.after_id)
-    view = PRIVATE_LIST if caller is not None and caller.is_admin else PUBLIC_LIST
-    return view.render(rows)
+async def list_users(page: PageParams, users: UserReads, caller: OptionalUser) -> Response:
+    body = await users.page(skip=page.skip, limit=page.limit, after_id=page.after_id, caller=caller)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/count", response_model=Count)
-async def count_users(users: Users) -> Count:
-    return Count(count=await users.users.count())
+async def count_users(users: UserReads) -> Count:
+    return Count(count=await users.count())
 
 
 @router.get("/me", response_model=UserPrivate, responses=ERRORS)
@@ -82,14 +76,8 @@ async def me(user: CurrentUser) -> UserPrivate:
     responses={**NOT_FOUND, **UNAUTHORIZED},
     description="The private view when the caller is that user or an admin.",
 )
-async def get_user(user_id: UserId, request: Request, caller: OptionalUser) -> Response:
-    private = caller is not None and (caller.id == user_id or caller.is_admin)
-    document = await DocumentRepository(app_state(request).db).user_with_posts(
-        user_id, private=private
-    )
-    if document is None:
-        raise NotFound(USER_NOT_FOUND)
-    return Response(document, media_type="application/json")
+async def get_user(user_id: UserId, users: UserReads, caller: OptionalUser) -> Response:
+    return Response(await users.document(user_id, caller), media_type="application/json")
 
 
 @router.patch("/{user_id}", response_model=UserPrivate, responses={**ERRORS, **CONFLICT})

@@ -11,8 +11,14 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from asyncblog.db import UTCDateTime, utcnow
-from asyncblog.models import PG_CASE_INSENSITIVE, ContentType, EmailType, UsernameType
+from asyncblog.db.types import (
+    PG_CASE_INSENSITIVE,
+    ContentType,
+    EmailType,
+    UsernameType,
+    UTCDateTime,
+    utcnow,
+)
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from asyncblog.db import Money, UTCDateTime, utcnow
-from asyncblog.models import IdempotencyKeyType, UsernameType
+from asyncblog.db.types import IdempotencyKeyType, Money, UsernameType, UTCDateTime, utcnow
 
 revision: str = "0002"
 down_revision: str | None = "0001"

@@ -1,0 +1,97 @@
+"""Core statements compiled once per dialect, for the data path.
+
+A `Statement` wraps a function that builds a SQLAlchemy Core statement from the models. The first
+time it runs on a dialect it is compiled to that driver's SQL text (`$1` for asyncpg, `?` for
+aiosqlite, `%s` for aiomysql), with its bound parameters in positional order and the column
+types' conversions for parameters and results. After that, running it costs a dict lookup and a
+tuple: no compilation, no cache key, no ORM; asyncpg keeps the prepared statement per connection
+by its text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    sql: str
+    names: tuple[str, ...]
+    binds: tuple[Processor, ...]
+    results: tuple[Processor, ...]
+    defaults: Mapping[str, Any]  # values the statement carries itself (a literal LIMIT)
+
+    def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        defaults = self.defaults
+        return tuple(
+            value if process is None or value is None else process(value)
+            for value, process in zip(
+                (params[n] if n in params else defaults[n] for n in self.names),
+                self.binds,
+                strict=True,
+            )
+        )
+
+    def convert(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """Rows with each column converted as its type says (SQLite's text times, cents)."""
+        if not any(self.results):
+            return [tuple(row) for row in rows]
+        return [
+            tuple(
+                value if process is None or value is None else process(value)
+                for value, process in zip(row, self.results, strict=True)
+            )
+            for row in rows
+        ]
+
+
+class Statement:
+    """`Statement(lambda: select(...))`: built lazily (the models may not be mapped yet at
+    import), compiled once per dialect."""
+
+    __slots__ = ("_build", "_built", "_compiled", "name")
+
+    def __init__(self, build: Callable[[], Executable], name: str = "") -> None:
+        self._build = build
+        self._built: Executable | None = None
+        self._compiled: dict[str, Compiled] = {}
+        self.name = name
+
+    @property
+    def statement(self) -> Executable:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def compiled(self, dialect: Dialect) -> Compiled:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            found = self._compiled[dialect.name] = _compile(self.statement, dialect)
+        return found
+
+
+def _compile(statement: Executable, dialect: Dialect) -> Compiled:
+    compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    assert isinstance(compiled, SQLCompiler)
+    names = tuple(compiled.positiontup or ())
+    binds = tuple(
+        compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+    )
+    columns = getattr(statement, "exported_columns", ())
+    results = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+    )
+    defaults = {
+        name: value
+        for name, value in compiled.construct_params(_check=False).items()
+        if value is not None
+    }
+    return Compiled(compiled.string, names, binds, results, defaults)

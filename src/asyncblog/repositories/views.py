@@ -1,0 +1,103 @@
+"""Reads and writes whose answer is a view, over the data path (`db.database.Link`).
+
+Each read is one Core statement, compiled once per dialect. On PostgreSQL and SQLite the
+database renders the answer's JSON itself (`db.json`): one round trip (one thread hop on
+SQLite), no ORM objects, no second serialization in Python. MariaDB's JSON functions do not
+render byte for byte what the views do, so there the same statement selects the view's columns
+and pydantic renders them. Either way the answer is the JSON bytes of the response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy.sql import FromClause
+
+from asyncblog.db.database import Link
+from asyncblog.db.json import json_list, json_text, json_view
+from asyncblog.db.statements import Statement
+
+Columns = Mapping[str, ColumnElement[Any]]
+
+
+def renders_json(link: Link) -> bool:
+    return link.dialect.name != "mysql"
+
+
+@cache
+def _adapter(view: type[BaseModel], many: bool) -> TypeAdapter[Any]:
+    return TypeAdapter(list[view] if many else view)  # type: ignore[valid-type]
+
+
+def dump(view: type[BaseModel], value: Any, *, many: bool = False) -> bytes:
+    """pydantic's rendering of `value` (dicts or objects) as `view` (a list with `many`)."""
+    adapter = _adapter(view, many)
+    return adapter.dump_json(adapter.validate_python(value, from_attributes=True))
+
+
+def labelled(columns: Columns) -> list[ColumnElement[Any]]:
+    return [column.label(name) for name, column in columns.items()]
+
+
+class ViewQuery:
+    """A read of one view (or a list of them) from a select of its columns.
+
+    `build(columns)` returns the select, given how to select a view's columns: on PostgreSQL
+    and SQLite one JSON column (`json_view` / `json_list` over a sub-select), on MariaDB the
+    plain columns.
+    """
+
+    def __init__(
+        self,
+        view: type[BaseModel],
+        source: Callable[[], tuple[Select[Any], Callable[[FromClause], Columns]]],
+        *,
+        many: bool,
+    ) -> None:
+        self.view = view
+        self.many = many
+        self._json = Statement(lambda: self._build(source, as_json=True))
+        self._rows = Statement(lambda: self._build(source, as_json=False))
+
+    def _build(
+        self,
+        source: Callable[[], tuple[Select[Any], Callable[[FromClause], Columns]]],
+        *,
+        as_json: bool,
+    ) -> Select[Any]:
+        inner, columns_of = source()
+        sub = inner.subquery("v")
+        columns = columns_of(sub)
+        if not as_json:
+            return select(*labelled(columns)).select_from(sub)
+        document = json_view(self.view, columns)
+        if self.many:
+            return select(json_text(json_list(document, sub.c.id))).select_from(sub)
+        return select(json_text(document)).select_from(sub)
+
+    async def fetch(self, link: Link, **params: Any) -> bytes | None:
+        """The JSON bytes of the view, or None when a single view finds no row."""
+        if renders_json(link):
+            text: str | None = await link.value(self._json, **params)
+            if text is None:
+                return b"[]" if self.many else None
+            return text.encode()
+        rows = await link.rows(self._rows, **params)
+        names = list(self.view.model_fields)
+        values = [dict(zip(names, row, strict=True)) for row in rows]
+        if self.many:
+            return dump(self.view, values, many=True)
+        return dump(self.view, values[0]) if values else None
+
+
+def columns_of(view: type[BaseModel], table: FromClause, **renamed: str) -> Columns:
+    """The view's fields from `table`'s columns of the same name (or as renamed)."""
+    return {name: table.c[renamed.get(name, name)] for name in view.model_fields}
+
+
+def as_dicts(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(names, row, strict=True)) for row in rows]
