@@ -92,12 +92,14 @@ class User(TimestampMixin, Base):
 
 class Post(TimestampMixin, Base):
     __tablename__ = "posts"
+    # An author's posts in id order (the embedded first posts, pages by author); serves the FK.
+    __table_args__ = (Index("ix_posts_author_id_id", "author_id", "id"),)
     __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(TITLE_MAX))
     content: Mapped[str] = mapped_column(ContentType)
-    author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
 
     author: Mapped[User] = relationship(back_populates="posts", lazy="raise")
 

@@ -135,7 +135,9 @@ async def test_random_concurrent_transfers_keep_every_invariant(live_api: Api) -
 
     assert unexpected(deposit_responses, {201}) == []
     assert unexpected(transfer_responses, {201, 409}) == []
-    assert all(r.json() == INSUFFICIENT for r in transfer_responses if r.status_code == 409)
+    assert all(r.json() == INSUFFICIENT for r in transfer_responses if r.status_code == 409), [
+        r.text for r in transfer_responses if r.status_code == 409 and r.json() != INSUFFICIENT
+    ]
     statuses = Counter(r.status_code for r in transfer_responses)
     assert statuses[201] > 0 and statuses[409] > 0, statuses
     assert transfer_responses[-1].status_code == 409

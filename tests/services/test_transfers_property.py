@@ -8,6 +8,7 @@ SAVEPOINT on the test's connection, rolled back at its end, so examples do not s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Literal
@@ -23,10 +24,12 @@ from asyncblog.errors import Conflict, Invalid, ServiceError
 from asyncblog.models import User
 from asyncblog.repositories import UserRepository
 from asyncblog.schemas import TransferCreate
+from asyncblog.security import AccessClaims, password_stamp
 from asyncblog.services.transfers import TransferService
 from tests.api.test_money import assert_ledger_invariants
 
 USERS = 4
+HASH = "not-a-real-hash"
 MAX_EXAMPLES = 25
 
 Deposit = tuple[Literal["deposit"], int, Decimal]
@@ -72,7 +75,9 @@ async def create_users(state: AppState, tag: int) -> list[int]:
         repo = UserRepository(session)
         users = [
             await repo.create(
-                username=f"prop{tag}_{i}", email=f"prop{tag}_{i}@example.com", hashed_password="x"
+                username=f"prop{tag}_{i}",
+                email=f"prop{tag}_{i}@example.com",
+                hashed_password=HASH,
             )
             for i in range(USERS)
         ]
@@ -81,38 +86,30 @@ async def create_users(state: AppState, tag: int) -> list[int]:
 
 
 async def apply(state: AppState, op: Op, ids: list[int]) -> Outcome:
-    """One operation in its own session, as one request would do it."""
-    async with state.db.write_session() as session:
-        service = TransferService(session)
-        if op[0] == "deposit":
-            _, to, amount = op
-            transfer = await service.deposit(ids[to], amount)
-            assert (transfer.from_user_id, transfer.to_user_id) == (None, ids[to])
-            assert transfer.amount == amount
-            return "ok"
-        _, sender_index, to, amount = op
-        sender = await session.get(User, ids[sender_index])
-        assert sender is not None
-        try:
-            result = await service.transfer(
-                sender, TransferCreate(to_user_id=ids[to], amount=amount)
-            )
-        except Invalid:
-            await session.rollback()
-            return "self"
-        except Conflict as exc:
-            await session.rollback()
-            assert exc.detail == "Insufficient balance"
-            return "insufficient"
-        except ServiceError as exc:  # pragma: no cover - reported with its detail
-            raise AssertionError(f"{op}: unexpected {type(exc).__name__}({exc.detail})") from exc
-        assert not result.replayed
-        assert (result.transfer.from_user_id, result.transfer.to_user_id) == (
-            ids[sender_index],
-            ids[to],
-        )
-        assert result.transfer.amount == amount
+    """One operation as one request would do it: one unit of work of the data path."""
+    service = TransferService(state.db)
+    if op[0] == "deposit":
+        _, to, amount = op
+        transfer = json.loads(await service.deposit(ids[to], amount))
+        assert (transfer["from_user_id"], transfer["to_user_id"]) == (None, ids[to])
+        assert Decimal(transfer["amount"]) == amount
         return "ok"
+    _, sender_index, to, amount = op
+    claims = AccessClaims(ids[sender_index], password_stamp(HASH))
+    try:
+        result = await service.transfer(claims, TransferCreate(to_user_id=ids[to], amount=amount))
+    except Invalid:
+        return "self"
+    except Conflict as exc:
+        assert exc.detail == "Insufficient balance"
+        return "insufficient"
+    except ServiceError as exc:  # pragma: no cover - reported with its detail
+        raise AssertionError(f"{op}: unexpected {type(exc).__name__}({exc.detail})") from exc
+    assert not result.replayed
+    transfer = json.loads(result.view)
+    assert (transfer["from_user_id"], transfer["to_user_id"]) == (ids[sender_index], ids[to])
+    assert Decimal(transfer["amount"]) == amount
+    return "ok"
 
 
 def concrete(op: Op | SendBalance, balances: list[Decimal]) -> Op:

@@ -123,15 +123,21 @@ async def current_user(token: Token, session: Session, request: Request) -> User
     return await AuthService(session, state.hasher, state.tokens).caller(token)
 
 
-async def current_admin(user: Annotated[User, Depends(current_user)]) -> User:
-    if not user.is_admin:
+async def current_caller(claims: Claims, request: Request) -> Caller:
+    """The active user of the bearer token (401 without one), as the data path needs it."""
+    return await caller_of(app_state(request).db, claims)
+
+
+async def current_admin(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+    if not caller.is_admin:
         raise Forbidden("Admin privileges required")
-    return user
+    return caller
 
 
 OptionalUser = Annotated[Caller | None, Depends(optional_user)]
 CurrentUser = Annotated[User, Depends(current_user)]
-CurrentAdmin = Annotated[User, Depends(current_admin)]
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
+CurrentAdmin = Annotated[Caller, Depends(current_admin)]
 
 
 async def user_service(session: Session, request: Request) -> UserService:
@@ -142,8 +148,8 @@ async def post_service(session: Session) -> PostService:
     return PostService(session)
 
 
-async def transfer_service(session: Session) -> TransferService:
-    return TransferService(session)
+async def transfer_service(request: Request) -> TransferService:
+    return TransferService(app_state(request).db)
 
 
 async def user_views(request: Request) -> UserViews:

@@ -35,8 +35,9 @@ from sqlalchemy.util import greenlet_spawn
 from asyncblog.config import Settings, dialect_of
 from asyncblog.db.admission import Admission
 from asyncblog.db.engine import SQLITE_BEGIN_OPTION, create_engine, in_transaction
-from asyncblog.db.errors import connection_lost, translated
+from asyncblog.db.errors import connection_lost, translate
 from asyncblog.db.statements import Statement
+from asyncblog.errors import ServiceError
 
 
 class _Driver:
@@ -45,7 +46,16 @@ class _Driver:
     async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         raise NotImplementedError
 
+    async def value(self, con: Any, sql: str, args: Sequence[Any]) -> Any:
+        """The first column of the first row (None without a row), unconverted."""
+        rows = await self.fetch(con, sql, args)
+        return rows[0][0] if rows else None
+
     async def execute(self, con: Any, sql: str) -> None:
+        raise NotImplementedError
+
+    async def affected(self, con: Any, sql: str, args: Sequence[Any]) -> int:
+        """Run a write; how many rows it changed."""
         raise NotImplementedError
 
     def begin(self, write: bool) -> str:
@@ -57,8 +67,15 @@ class _Asyncpg(_Driver):
         rows: Sequence[Sequence[Any]] = await con.fetch(sql, *args)
         return rows
 
+    async def value(self, con: Any, sql: str, args: Sequence[Any]) -> Any:
+        return await con.fetchval(sql, *args)
+
     async def execute(self, con: Any, sql: str) -> None:
         await con.execute(sql)
+
+    async def affected(self, con: Any, sql: str, args: Sequence[Any]) -> int:
+        status: str = await con.execute(sql, *args)  # "UPDATE 2"
+        return int(status.rsplit(" ", 1)[-1])
 
 
 class _Aiosqlite(_Driver):
@@ -68,6 +85,13 @@ class _Aiosqlite(_Driver):
 
     async def execute(self, con: Any, sql: str) -> None:
         await con.execute(sql)
+
+    async def affected(self, con: Any, sql: str, args: Sequence[Any]) -> int:
+        cursor = await con.execute(sql, args)
+        try:
+            return int(cursor.rowcount)
+        finally:
+            await cursor.close()
 
     def begin(self, write: bool) -> str:
         return "BEGIN IMMEDIATE" if write else "BEGIN"
@@ -83,6 +107,10 @@ class _Aiomysql(_Driver):
     async def execute(self, con: Any, sql: str) -> None:
         async with con.cursor() as cursor:
             await cursor.execute(sql)
+
+    async def affected(self, con: Any, sql: str, args: Sequence[Any]) -> int:
+        async with con.cursor() as cursor:
+            return int(await cursor.execute(sql, args or None))
 
 
 DRIVERS: dict[str, type[_Driver]] = {
@@ -116,14 +144,26 @@ class Link:
             rows = await self._driver.fetch(self.connection, compiled.sql, args)
         return compiled.convert(rows)
 
+    async def count(self, statement: Statement, **params: Any) -> int:
+        """Run a write (an UPDATE, a DELETE); how many rows it changed."""
+        compiled = statement.compiled(self.dialect)
+        args = compiled.args(params)
+        if self._joined and self._depth == 0:
+            async with self.transaction():
+                return await self._driver.affected(self.connection, compiled.sql, args)
+        return await self._driver.affected(self.connection, compiled.sql, args)
+
     async def row(self, statement: Statement, **params: Any) -> tuple[Any, ...] | None:
         rows = await self.rows(statement, **params)
         return rows[0] if rows else None
 
     async def value(self, statement: Statement, **params: Any) -> Any:
         """The first column of the first row (None without a row)."""
-        rows = await self.rows(statement, **params)
-        return rows[0][0] if rows else None
+        compiled = statement.compiled(self.dialect)
+        if any(compiled.results) or (self._joined and self._depth == 0):
+            rows = await self.rows(statement, **params)
+            return rows[0][0] if rows else None
+        return await self._driver.value(self.connection, compiled.sql, compiled.args(params))
 
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[None]:
@@ -185,19 +225,10 @@ class Database:
         """One of the pool's slots for this task (re-entrant), without a connection yet."""
         return self.admission.slot()
 
-    @asynccontextmanager
-    async def link(self) -> AsyncIterator[Link]:
-        """A slot and a driver connection for one unit of work. Errors leave translated."""
-        async with self.admission.slot(), translated():
-            con, give_back = await self.checkout()
-            failure: BaseException | None = None
-            try:
-                yield Link(con, self.engine.dialect, self._driver)
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                await give_back(failure)
+    def link(self) -> _LinkHold:
+        """`async with db.link() as link:` a slot and a driver connection for one unit of
+        work; database errors leave it translated (`db.errors.translate`)."""
+        return _LinkHold(self)
 
     async def _pool_checkout(
         self,
@@ -223,12 +254,50 @@ class Database:
             except BaseException as exc:
                 await greenlet_spawn(fairy.invalidate, exc)
                 raise
-            fairy.close()  # nothing left to reset: no I/O
+            # Back to the pool (which may close it: an overflow connection, a recycled one),
+            # in a greenlet as SQLAlchemy's pool awaits the driver from synchronous code.
+            await greenlet_spawn(fairy.close)
 
         return con, give_back
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class _LinkHold:
+    """`Database.link()`: a plain async context manager (every request enters one; a
+    generator-based one costs several microseconds more)."""
+
+    __slots__ = ("_db", "_give_back", "_slot")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> Link:
+        db = self._db
+        self._slot = db.admission.slot()
+        await self._slot.__aenter__()
+        try:
+            con, self._give_back = await db.checkout()
+        except BaseException as exc:
+            await self._slot.__aexit__(None, None, None)
+            error = translate(exc)
+            if error is None or error is exc:
+                raise
+            raise error from exc
+        return Link(con, db.engine.dialect, db._driver)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        try:
+            await self._give_back(exc)
+        finally:
+            await self._slot.__aexit__(None, None, None)
+        if isinstance(exc, Exception) and not isinstance(exc, ServiceError):
+            error = translate(exc)
+            if error is not None:
+                raise error from exc
 
 
 def _unusable(failure: BaseException, con: Any) -> bool:

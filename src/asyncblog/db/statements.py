@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 Processor = Callable[[Any], Any] | None
 
@@ -78,6 +79,20 @@ class Statement:
         return found
 
 
+def _result_processor(type_: TypeEngine[Any], dialect: Dialect) -> Processor:
+    """The type's conversion of a result value. Some drivers' processors need the column's type
+    code from a cursor (asyncpg's NUMERIC); the values such a driver returns are native already,
+    so only a TypeDecorator's own step is kept then."""
+    impl = type_.dialect_impl(dialect)
+    try:
+        return impl.result_processor(dialect, None)
+    except Exception:
+        if isinstance(impl, TypeDecorator):
+            process = impl.process_result_value
+            return lambda value: process(value, dialect)
+        return None
+
+
 def _compile(statement: Executable, dialect: Dialect) -> Compiled:
     compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
     assert isinstance(compiled, SQLCompiler)
@@ -86,9 +101,7 @@ def _compile(statement: Executable, dialect: Dialect) -> Compiled:
         compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
     )
     columns = getattr(statement, "exported_columns", ())
-    results = tuple(
-        column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
-    )
+    results = tuple(_result_processor(column.type, dialect) for column in columns)
     defaults = {
         name: value
         for name, value in compiled.construct_params(_check=False).items()

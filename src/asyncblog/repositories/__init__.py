@@ -2,7 +2,6 @@
 
 from asyncblog.repositories.base import Repository
 from asyncblog.repositories.posts import PostRepository
-from asyncblog.repositories.transfers import TransferRepository
 from asyncblog.repositories.users import UserRepository
 
-__all__ = ["PostRepository", "Repository", "TransferRepository", "UserRepository"]
+__all__ = ["PostRepository", "Repository", "UserRepository"]

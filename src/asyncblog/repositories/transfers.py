@@ -1,72 +1,262 @@
-"""The money ledger and the balance arithmetic on users."""
+"""The money ledger and the balance arithmetic on users, over the data path."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, case, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
-from asyncblog.db.types import utcnow
+from asyncblog.db.database import Link
+from asyncblog.db.json import json_text, json_view
+from asyncblog.db.statements import Statement
+from asyncblog.db.types import Money, password_stamp, utcnow
 from asyncblog.models import Transfer, User
-from asyncblog.repositories.base import Repository, valid_id
+from asyncblog.repositories.base import valid_id
+from asyncblog.repositories.views import ViewQuery, columns_of, dump
+from asyncblog.schemas import TransferView
+
+# --------------------------------------------------------------------------- the data path
+
+_users = cast(Table, User.__table__)
+_transfers = cast(Table, Transfer.__table__)
+_VIEW_FIELDS = list(TransferView.model_fields)
 
 
-class TransferRepository(Repository[Transfer]):
-    model = Transfer
+def _p(name: str, type_: Any) -> Any:
+    return bindparam(name, type_=type_)
 
-    async def by_key(self, from_user_id: int, key: str) -> Transfer | None:
-        stmt = select(Transfer).where(
-            Transfer.from_user_id == from_user_id, Transfer.idempotency_key == key
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt of a transfer found or did."""
+
+    caller_ok: bool
+    recipient_ok: bool
+    prior_fingerprint: str | None  # the Idempotency-Key was used before, with this request
+    prior: bytes | None
+    created: bytes | None
+
+
+def _move_and_record() -> Any:
+    """PostgreSQL: once both rows are locked, move the money and write the ledger row in one
+    statement (data-modifying CTEs): the ledger row only when both balances moved."""
+    sender_id, to_id, amount = _p("sender", Integer), _p("to", Integer), _p("amount", Money())
+    moved = _move().returning(_users.c.id).cte("moved")
+    entry = (
+        insert(_transfers)
+        .from_select(
+            ["from_user_id", "to_user_id", "amount", "idempotency_key", "request_fingerprint"],
+            select(sender_id, to_id, amount, _p("key", String), _p("fingerprint", String)).where(
+                select(func.count()).select_from(moved).scalar_subquery() == 2
+            ),
         )
-        return await self.session.scalar(stmt.execution_options(populate_existing=True))
+        .returning(*[_transfers.c[n] for n in _VIEW_FIELDS])
+        .cte("entry")
+    )
+    return select(json_text(json_view(TransferView, columns_of(TransferView, entry))))
 
-    async def of_user(
-        self, user_id: int, *, skip: int, limit: int, after_id: int | None
-    ) -> Sequence[Transfer]:
-        involved = or_(Transfer.from_user_id == user_id, Transfer.to_user_id == user_id)
-        return await self.list(skip=skip, limit=limit, after_id=after_id, where=[involved])
 
-    async def lock_users(self, ids: Sequence[int]) -> dict[int, tuple[Decimal, bool]]:
-        """Lock these users' rows in ascending id order (FOR UPDATE; on SQLite the transaction
-        already holds the write lock) and return {id: (balance, is_active)}."""
-        wanted = sorted({i for i in ids if valid_id(i)})
-        stmt = (
-            select(User.id, User.balance, User.is_active)
-            .where(User.id.in_(wanted))
-            .order_by(User.id)
-            .with_for_update()
+# A transfer is one transaction: lock both rows in id order (on SQLite BEGIN IMMEDIATE took the
+# write lock already) and check the caller's token, the recipient and the key with the same
+# statement's rows; then move and record. A single statement cannot do the locking and the
+# checks: its snapshot is older than the locks it waits for (tried: PostgreSQL then checked a
+# balance that a concurrent transfer had already spent).
+_LOCK = Statement(
+    lambda: (
+        select(
+            _users.c.id,
+            _users.c.balance,
+            _users.c.is_active,
+            password_stamp(_users.c.hashed_password),
         )
-        rows = await self.session.execute(stmt)
-        return {row.id: (row.balance, row.is_active) for row in rows}
+        .where(_users.c.id.in_([_p("sender", Integer), _p("to", Integer)]))
+        .order_by(_users.c.id)
+        .with_for_update()
+    )
+)
+_PRIOR = Statement(
+    lambda: select(
+        _transfers.c.request_fingerprint, *[_transfers.c[n] for n in _VIEW_FIELDS]
+    ).where(
+        _transfers.c.from_user_id == _p("sender", Integer),
+        _transfers.c.idempotency_key == _p("key", String),
+    )
+)
 
-    async def move(self, from_user_id: int, to_user_id: int, amount: Decimal) -> bool:
-        """Debit one user and credit another in ONE statement (both rows are already locked),
-        with the arithmetic in SQL. The debit only applies while the balance covers it: anything
-        but two changed rows means it did not (and the caller rolls back)."""
-        users = cast(Table, User.__table__)  # a Core UPDATE: no ORM bookkeeping for two numbers
-        sender = users.c.id == from_user_id
-        stmt = (
-            update(users)
-            .where(users.c.id.in_([from_user_id, to_user_id]))
-            .where(or_(~sender, users.c.balance >= amount))
-            .values(
-                balance=case((sender, users.c.balance - amount), else_=users.c.balance + amount),
-                updated_at=utcnow(),
-            )
-        )
-        result = cast(CursorResult[Any], await self.session.execute(stmt))
-        return bool(result.rowcount == 2)
 
-    async def credit(self, user_id: int, amount: Decimal) -> bool:
-        """balance += amount in SQL (never read-modify-write in Python). Returns whether the
-        user exists."""
-        if not valid_id(user_id):
-            return False
-        stmt = update(User).where(User.id == user_id).values(balance=User.balance + amount)
-        result = cast(
-            CursorResult[Any],
-            await self.session.execute(stmt, execution_options={"synchronize_session": False}),
+def _move() -> Any:
+    sender_id, to_id, amount = _p("sender", Integer), _p("to", Integer), _p("amount", Money())
+    is_sender = _users.c.id == sender_id
+    return (
+        update(_users)
+        .where(_users.c.id.in_([sender_id, to_id]), or_(~is_sender, _users.c.balance >= amount))
+        .values(
+            balance=case((is_sender, _users.c.balance - amount), else_=_users.c.balance + amount),
+            updated_at=utcnow(),
         )
-        return bool(result.rowcount == 1)
+    )
+
+
+_MOVE = Statement(_move)
+_MOVE_AND_RECORD = Statement(_move_and_record)
+_ENTRY = Statement(
+    lambda: (
+        insert(_transfers)
+        .values(
+            from_user_id=_p("sender", Integer),
+            to_user_id=_p("to", Integer),
+            amount=_p("amount", Money()),
+            idempotency_key=_p("key", String),
+            request_fingerprint=_p("fingerprint", String),
+        )
+        .returning(*[_transfers.c[n] for n in _VIEW_FIELDS])
+    )
+)
+
+
+def _render(values: Sequence[Any]) -> bytes:
+    return dump(TransferView, dict(zip(_VIEW_FIELDS, values, strict=True)))
+
+
+async def transfer_once(
+    link: Link,
+    *,
+    sender_id: int,
+    stamp: str,
+    to_id: int,
+    amount: Decimal,
+    key: str | None,
+    fingerprint: str | None,
+) -> Outcome:
+    """One attempt, one transaction: lock, check, move, record (see above). The key is looked
+    up after the locks, so a concurrent twin is seen once it committed; if two still race to the
+    INSERT, UniqueViolation, and nothing has moved."""
+    params = {
+        "sender": sender_id,
+        "to": to_id,
+        "amount": amount,
+        "stamp": stamp,
+        "key": key,
+        "fingerprint": fingerprint,
+    }
+    async with link.transaction():
+        locked = {row[0]: row for row in await link.rows(_LOCK, **params)}
+        if key is not None:
+            found = await link.row(_PRIOR, **params)
+            if found is not None:
+                return Outcome(True, True, found[0], _render(found[1:]), None)
+        sender, recipient = locked.get(sender_id), locked.get(to_id)
+        caller_ok = sender is not None and bool(sender[2]) and sender[3] == stamp
+        recipient_ok = recipient is not None and bool(recipient[2])
+        if not (caller_ok and recipient_ok) or sender is None or sender[1] < amount:
+            return Outcome(caller_ok, recipient_ok, None, None, None)
+        if link.dialect.name == "postgresql":
+            view = await link.value(_MOVE_AND_RECORD, **params)
+            return Outcome(True, True, None, None, view.encode() if view else None)
+        if await link.count(_MOVE, **params) != 2:
+            return Outcome(caller_ok, recipient_ok, None, None, None)
+        created = await link.row(_ENTRY, **params)
+        assert created is not None
+        return Outcome(True, True, None, None, _render(created))
+
+
+async def prior(link: Link, *, sender_id: int, key: str) -> tuple[str | None, bytes] | None:
+    """The ledger row a sender's Idempotency-Key names: (its request's fingerprint, its view)."""
+    found = await link.row(_PRIOR, sender=sender_id, key=key)
+    return (found[0], _render(found[1:])) if found is not None else None
+
+
+def _deposit_once() -> Any:
+    """PostgreSQL: credit the user and write the ledger row in one statement."""
+    to_id, amount = _p("to", Integer), _p("amount", Money())
+    credited = (
+        update(_users)
+        .where(_users.c.id == to_id)
+        .values(balance=_users.c.balance + amount, updated_at=utcnow())
+        .returning(_users.c.id)
+        .cte("credited")
+    )
+    entry = (
+        insert(_transfers)
+        .from_select(["to_user_id", "amount"], select(credited.c.id, amount))
+        .returning(*[_transfers.c[n] for n in _VIEW_FIELDS])
+        .cte("entry")
+    )
+    return select(json_text(json_view(TransferView, columns_of(TransferView, entry))))
+
+
+_DEPOSIT_ONCE = Statement(_deposit_once)
+_CREDIT = Statement(
+    lambda: (
+        update(_users)
+        .where(_users.c.id == _p("to", Integer))
+        .values(balance=_users.c.balance + _p("amount", Money()), updated_at=utcnow())
+    )
+)
+_DEPOSIT_ENTRY = Statement(
+    lambda: (
+        insert(_transfers)
+        .values(to_user_id=_p("to", Integer), amount=_p("amount", Money()))
+        .returning(*[_transfers.c[n] for n in _VIEW_FIELDS])
+    )
+)
+
+
+async def deposit(link: Link, *, to_id: int, amount: Decimal) -> bytes | None:
+    """Credit a user with SQL arithmetic and record it in the ledger; None: no such user."""
+    if not valid_id(to_id):
+        return None
+    if link.dialect.name == "postgresql":
+        view: str | None = await link.value(_DEPOSIT_ONCE, to=to_id, amount=amount)
+        return view.encode() if view is not None else None
+    async with link.transaction():
+        if await link.count(_CREDIT, to=to_id, amount=amount) != 1:
+            return None
+        created = await link.row(_DEPOSIT_ENTRY, to=to_id, amount=amount)
+        assert created is not None
+        return _render(created)
+
+
+_HISTORY = ViewQuery(
+    TransferView,
+    lambda: (
+        select(*[_transfers.c[n] for n in _VIEW_FIELDS])
+        .where(
+            or_(
+                _transfers.c.from_user_id == _p("user_id", Integer),
+                _transfers.c.to_user_id == _p("user_id", Integer),
+            ),
+            _transfers.c.id > _p("after_id", Integer),
+        )
+        .order_by(_transfers.c.id)
+        .limit(_p("limit", Integer))
+        .offset(_p("skip", Integer)),
+        lambda sub: columns_of(TransferView, sub),
+    ),
+    many=True,
+)
+
+
+async def history(
+    link: Link, *, user_id: int, skip: int, limit: int, after_id: int | None
+) -> bytes:
+    """The user's transfers, sent and received, by id."""
+    page = await _HISTORY.fetch(
+        link, user_id=user_id, after_id=after_id or 0, skip=skip, limit=limit
+    )
+    assert page is not None
+    return page

@@ -1,9 +1,10 @@
 """Deposits and transfers: one transaction each, correct under any concurrency.
 
 A transfer locks both users' rows in ascending id order (so A->B and B->A at once cannot
-deadlock), checks, moves the money with SQL arithmetic and writes the ledger row, all in one
-transaction. SQLite has no row locks: a writing request's transaction begins with
-`BEGIN IMMEDIATE` (see `asyncblog.db`), which serialises writers. If the database still reports a
+deadlock), checks the caller, the recipient and the balance, moves the money with SQL arithmetic
+and writes the ledger row, all in one transaction: on PostgreSQL one statement
+(`repositories.transfers`). SQLite has no row locks: its transaction begins with
+`BEGIN IMMEDIATE`, which serialises writers. If the database still reports a
 deadlock or a serialization failure, the whole transaction is retried a bounded number of times
 with jittered backoff; after that the client gets a 503. A lock wait that outlasts the statement
 timeout is a 503 at once (it already took long).
@@ -22,9 +23,7 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from asyncblog.db.errors import translated
+from asyncblog.db.database import Database
 from asyncblog.errors import (
     Busy,
     Conflict,
@@ -34,9 +33,10 @@ from asyncblog.errors import (
     Unavailable,
     UniqueViolation,
 )
-from asyncblog.models import Transfer, User
-from asyncblog.repositories import TransferRepository
+from asyncblog.repositories.base import valid_id
+from asyncblog.repositories.transfers import Outcome, deposit, history, prior, transfer_once
 from asyncblog.schemas import TransferCreate
+from asyncblog.security import AccessClaims
 
 MAX_ATTEMPTS = 5
 
@@ -47,93 +47,85 @@ def fingerprint(data: TransferCreate) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TransferResult:
-    transfer: Transfer
+    view: bytes  # the transfer's JSON
     replayed: bool
 
 
+INVALID_CALLER = "Could not validate credentials"
+
+
 class TransferService:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-        self.ledger = TransferRepository(session)
+    """Transfers, deposits and the ledger over the data path: each attempt one unit of work on
+    one connection (on PostgreSQL one statement)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def transfer(
-        self, sender: User, data: TransferCreate, idempotency_key: str | None = None
+        self, claims: AccessClaims | None, data: TransferCreate, key: str | None = None
     ) -> TransferResult:
-        sender_id = sender.id  # `sender` expires if an attempt rolls back
+        if claims is None or not valid_id(claims.user_id):
+            raise Unauthorized(INVALID_CALLER)
+        sender_id = claims.user_id
         if data.to_user_id == sender_id:
             raise Invalid("Cannot transfer to yourself")
+        request = fingerprint(data) if key is not None else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with translated():
-                    return await self._transfer_once(sender_id, data, idempotency_key)
+                async with self.db.link() as link:
+                    outcome = await transfer_once(
+                        link,
+                        sender_id=sender_id,
+                        stamp=claims.password_stamp,
+                        to_id=data.to_user_id,
+                        amount=data.amount,
+                        key=key,
+                        fingerprint=request,
+                    )
             except UniqueViolation:
-                await self.session.rollback()
-                if idempotency_key is None:
+                if key is None:
                     raise
                 # A concurrent request with the same key won the INSERT: replay it.
-                return await self._replay(sender_id, data, idempotency_key)
+                async with self.db.link() as link:
+                    found = await prior(link, sender_id=sender_id, key=key)
+                if found is None:  # the INSERT failed for another reason
+                    raise Unavailable("The transfer could not be completed; retry") from None
+                return self._replay(*found, request)
             except Busy:
-                await self.session.rollback()
                 if attempt == MAX_ATTEMPTS:
                     raise Unavailable(
                         "The transfer could not be completed under contention; retry"
                     ) from None
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))  # noqa: S311
-            except BaseException:
-                await self.session.rollback()
-                raise
+                continue
+            return self._result(outcome, request)
         raise AssertionError("unreachable")
 
-    async def _transfer_once(
-        self, sender_id: int, data: TransferCreate, key: str | None
-    ) -> TransferResult:
-        locked = await self.ledger.lock_users([sender_id, data.to_user_id])
-        if key is not None:
-            existing = await self.ledger.by_key(sender_id, key)
-            if existing is not None:
-                await self.session.commit()
-                return self._as_replay(existing, data)
-        if sender_id not in locked or not locked[sender_id][1]:
-            raise Unauthorized("Could not validate credentials")
-        recipient = locked.get(data.to_user_id)
-        if recipient is None or not recipient[1]:
+    def _result(self, outcome: Outcome, request: str | None) -> TransferResult:
+        if outcome.prior is not None:
+            return self._replay(outcome.prior_fingerprint, outcome.prior, request)
+        if not outcome.caller_ok:
+            raise Unauthorized(INVALID_CALLER)
+        if not outcome.recipient_ok:
             raise NotFound("Recipient not found")
-        if locked[sender_id][0] < data.amount:
+        if outcome.created is None:
             raise Conflict("Insufficient balance")
-        if not await self.ledger.move(sender_id, data.to_user_id, data.amount):
-            raise Conflict("Insufficient balance")  # the CHECK would refuse it too
-        transfer = await self.ledger.create(
-            from_user_id=sender_id,
-            to_user_id=data.to_user_id,
-            amount=data.amount,
-            idempotency_key=key,
-            request_fingerprint=fingerprint(data) if key is not None else None,
-        )
-        await self.session.commit()
-        return TransferResult(transfer, replayed=False)
-
-    async def _replay(self, sender_id: int, data: TransferCreate, key: str) -> TransferResult:
-        existing = await self.ledger.by_key(sender_id, key)
-        await self.session.commit()
-        if existing is None:  # the INSERT failed for another reason
-            raise Unavailable("The transfer could not be completed; retry")
-        return self._as_replay(existing, data)
+        return TransferResult(outcome.created, replayed=False)
 
     @staticmethod
-    def _as_replay(existing: Transfer, data: TransferCreate) -> TransferResult:
-        if existing.request_fingerprint != fingerprint(data):
+    def _replay(found: str | None, view: bytes, request: str | None) -> TransferResult:
+        if found != request:
             raise Conflict("Idempotency-Key was already used with a different request")
-        return TransferResult(existing, replayed=True)
+        return TransferResult(view, replayed=True)
 
-    async def deposit(self, user_id: int, amount: Decimal) -> Transfer:
+    async def deposit(self, user_id: int, amount: Decimal) -> bytes:
         """Credit a user (an admin's deposit) and record it in the ledger."""
-        if not await self.ledger.credit(user_id, amount):
+        async with self.db.link() as link:
+            view = await deposit(link, to_id=user_id, amount=amount)
+        if view is None:
             raise NotFound("User not found")
-        transfer = await self.ledger.create(from_user_id=None, to_user_id=user_id, amount=amount)
-        await self.session.commit()
-        return transfer
+        return view
 
-    async def history(
-        self, user: User, *, skip: int, limit: int, after_id: int | None
-    ) -> list[Transfer]:
-        return list(await self.ledger.of_user(user.id, skip=skip, limit=limit, after_id=after_id))
+    async def history(self, user_id: int, *, skip: int, limit: int, after_id: int | None) -> bytes:
+        async with self.db.link() as link:
+            return await history(link, user_id=user_id, skip=skip, limit=limit, after_id=after_id)

@@ -4,14 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Response, status
 
-from asyncblog.api.deps import CurrentAdmin, CurrentUser, PageParams, Transfers
-from asyncblog.api.responses import COMMON_RESPONSES, View, errors
-from asyncblog.models import Transfer
+from asyncblog.api.deps import Claims, CurrentAdmin, CurrentCaller, PageParams, Transfers
+from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.schemas import Deposit, TransferCreate, TransferView
 
 router = APIRouter(tags=["money"], responses=COMMON_RESPONSES)
 
-TRANSFER: View[TransferView] = View(TransferView)
 ERRORS = errors(401, 403, 404, 409, 503)
 UNAUTHORIZED = errors(401)
 
@@ -27,22 +25,23 @@ UNAUTHORIZED = errors(401)
 async def transfer(
     data: TransferCreate,
     transfers: Transfers,
-    sender: CurrentUser,
+    claims: Claims,
     idempotency_key: Annotated[
         str | None,
         Header(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"),
     ] = None,
 ) -> Response:
-    result = await transfers.transfer(sender, data, idempotency_key)
-    response = TRANSFER.render(result.transfer, status.HTTP_201_CREATED)
-    if result.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    result = await transfers.transfer(claims, data, idempotency_key)
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+    return Response(result.view, 201, headers=headers, media_type="application/json")
 
 
 @router.get("/transfers", response_model=list[TransferView], responses=UNAUTHORIZED)
-async def my_transfers(page: PageParams, transfers: Transfers, user: CurrentUser) -> list[Transfer]:
-    return await transfers.history(user, skip=page.skip, limit=page.limit, after_id=page.after_id)
+async def my_transfers(page: PageParams, transfers: Transfers, caller: CurrentCaller) -> Response:
+    body = await transfers.history(
+        caller.id, skip=page.skip, limit=page.limit, after_id=page.after_id
+    )
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -54,5 +53,7 @@ async def my_transfers(page: PageParams, transfers: Transfers, user: CurrentUser
 )
 async def deposit(
     user_id: Annotated[int, Path()], data: Deposit, transfers: Transfers, _admin: CurrentAdmin
-) -> Transfer:
-    return await transfers.deposit(user_id, data.amount)
+) -> Response:
+    return Response(
+        await transfers.deposit(user_id, data.amount), 201, media_type="application/json"
+    )
