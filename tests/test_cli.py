@@ -27,7 +27,7 @@ from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings
 from asyncblog.db.engine import create_engine
-from tests.conftest import drop_database, new_database, settings_for
+from tests.fixtures.databases import drop_database, new_database, settings_for
 
 
 def _script() -> str:

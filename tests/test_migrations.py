@@ -27,7 +27,7 @@ from sqlalchemy.pool import NullPool
 from asyncblog import migrations
 from asyncblog.db.engine import create_engine
 from asyncblog.models import Base, Post, User
-from tests.conftest import BACKENDS, drop_database, new_database, settings_for
+from tests.fixtures.databases import BACKENDS, drop_database, new_database, settings_for
 
 APP_TABLES = {"users", "posts", "transfers"}
 

@@ -45,7 +45,8 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncblog.api.app import create_app
-from tests.conftest import Api, settings_for
+from tests.fixtures.app import Api
+from tests.fixtures.databases import settings_for
 
 MAX_EXAMPLES = 25
 BASE_URL = "http://test"

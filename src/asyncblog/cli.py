@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Coroutine
@@ -48,7 +49,7 @@ def _run_db(what: str, coro: Coroutine[Any, Any, T]) -> T:
         )
         _fail(f"{what} failed: {_one_line(exc)}{hint}", 1)
     except Unavailable as exc:  # translated by the data path; the driver's error is its cause
-        _fail(f"{what} failed: {_one_line(exc.__cause__ or exc)}", 1)
+        _fail(f"{what} failed: {exc.detail}: {_one_line(exc.__cause__ or exc)}", 1)
 
 
 def _settings() -> Settings:
@@ -147,13 +148,13 @@ def create_admin(
 
     async def run() -> int:
         from asyncblog.api.state import AppState
-        from asyncblog.services.users import UserService
+        from asyncblog.services.users import Users
 
         state = AppState.build(settings)
         try:
-            async with state.db.write_session() as session:
-                user = await UserService(session, state.hasher).register(data, is_admin=True)
-            return user.id
+            view = await Users(state.db, state.hasher).register(data, is_admin=True)
+            user_id: int = json.loads(view)["id"]
+            return user_id
         finally:
             await state.db.dispose()
 

@@ -11,7 +11,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import Api
+from tests.fixtures.app import Api
 
 WRONG = {"detail": "Incorrect username or password"}
 

@@ -15,7 +15,8 @@ from fastapi import FastAPI
 
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
-from tests.conftest import Api, Backend, settings_for
+from tests.fixtures.app import Api
+from tests.fixtures.databases import Backend, settings_for
 
 SMALL_LIMIT = 4096
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")

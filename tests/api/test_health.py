@@ -12,7 +12,8 @@ from fastapi import FastAPI
 
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
-from tests.conftest import Api, settings_for
+from tests.fixtures.app import Api
+from tests.fixtures.databases import settings_for
 
 # Every route of API.md, as (method, path) with path parameters written `{}`.
 CONTRACT_ROUTES = {

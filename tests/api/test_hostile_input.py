@@ -20,7 +20,8 @@ from sqlalchemy import func, select, text
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.models import Post, Transfer, User
-from tests.conftest import Api, Backend, settings_for
+from tests.fixtures.app import Api
+from tests.fixtures.databases import Backend, settings_for
 
 JSON = {"content-type": "application/json"}
 SMALL_LIMIT = 4096  # bytes; Settings.max_body_bytes must be >= 1024

@@ -34,7 +34,8 @@ from asyncblog.api.state import AppState
 from asyncblog.models import User
 from asyncblog.security import PasswordHasher
 from asyncblog.throttle import LoginThrottle
-from tests.conftest import Api, Backend, settings_for, unavailable
+from tests.fixtures.app import Api
+from tests.fixtures.databases import Backend, settings_for, unavailable
 
 WRONG = {"detail": "Incorrect username or password"}
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncblog.api.state import AppState
 from asyncblog.models import Transfer, User
-from tests.conftest import Api
+from tests.fixtures.app import Api
 
 MONEY_KEYS = {"id", "from_user_id", "to_user_id", "amount", "created_at"}
 ZERO = Decimal("0.00")

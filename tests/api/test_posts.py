@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Api
+from tests.fixtures.app import Api
 
 POST_KEYS = {"id", "title", "content", "author_id", "created_at", "updated_at"}
 PUBLIC_USER_KEYS = {"id", "username", "is_active", "created_at"}

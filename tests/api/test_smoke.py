@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.conftest import Api
+from tests.fixtures.app import Api
 
 
 async def test_register_login_me(api: Api) -> None:

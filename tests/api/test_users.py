@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Api
+from tests.fixtures.app import Api
 
 PUBLIC_KEYS = {"id", "username", "is_active", "created_at"}
 PRIVATE_KEYS = PUBLIC_KEYS | {"email", "balance", "is_admin"}

@@ -22,15 +22,9 @@ import asyncpg
 import httpx
 import orjson
 
-from tests.faults.conftest import (
-    Member,
-    PgDatabase,
-    assert_invariants,
-    ends_within,
-    members,
-    send,
-    serving,
-)
+from tests.fixtures.cluster import PgDatabase
+from tests.fixtures.faults import Member, assert_invariants, ends_within, members, send
+from tests.fixtures.servers import serving
 
 CLIENTS = 2000
 AT_ONCE = 120

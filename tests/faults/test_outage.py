@@ -23,20 +23,20 @@ from sqlalchemy import text
 from asyncblog.api.state import AppState
 from asyncblog.db.statements import Statement
 from asyncblog.errors import OutOfRange, Unavailable
-from tests.conftest import Api, settings_for
-from tests.faults.conftest import (
-    FaultProxy,
+from tests.fixtures.app import Api
+from tests.fixtures.cluster import PgDatabase, free_port
+from tests.fixtures.databases import settings_for
+from tests.fixtures.faults import (
     Member,
-    PgDatabase,
     assert_created_are_recorded,
     assert_db_unavailable,
     assert_invariants,
     ends_within,
-    free_port,
-    in_process_app,
     members,
     send,
 )
+from tests.fixtures.proxy import FaultProxy
+from tests.fixtures.servers import in_process_app
 
 Call = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
 
@@ -189,7 +189,7 @@ async def test_a_server_that_is_shutting_down_is_503_not_500(pg_database: PgData
     settings = settings_for(pg_database.url, pool_size=2, pool_max_overflow=0)
     async with in_process_app(settings) as api:
         admin, (a, b) = await members(api.client, pg_database.engine, 2)
-        await api.state.db.engine.dispose()  # no pooled connection: every request connects
+        await api.state.db.reconnect()  # no idle connection: every request connects
         holder = await asyncpg.connect(cluster.dsn(pg_database.name))
         stopping = await asyncio.create_subprocess_exec(
             *("pg_ctlcluster", "-m", "smart", cluster.version, cluster.name, "stop"),
@@ -301,12 +301,12 @@ async def test_a_connection_killed_mid_statement_is_unavailable_and_replaced(
     settings = settings_for(pg_database.url, pool_size=1, pool_max_overflow=0)
     db = AppState.build(settings).db
     try:
-        async with db.link() as link:
+        async with db.reader() as link:
             victim = await link.value(PID)
         with pytest.raises(Unavailable):
-            async with db.link() as link:
+            async with db.reader() as link:
                 await link.value(SUICIDE)
-        async with db.link() as link:
+        async with db.reader() as link:
             assert await link.value(PID) != victim
     finally:
         await db.dispose()
@@ -321,17 +321,18 @@ async def test_a_bad_statement_on_the_data_path_is_not_a_503(
     settings = settings_for(pg_database.url, pool_size=1, pool_max_overflow=0)
     db = AppState.build(settings).db
     try:
-        async with db.link() as link:
+        async with db.reader() as link:
             before = await link.value(PID)
         with pytest.raises(OutOfRange):
-            async with db.link() as link:
+            async with db.reader() as link:
                 await link.value(NOT_A_NUMBER)
-        async with db.link() as link:
+        async with db.reader() as link:
             assert await link.value(PID) == before
     finally:
         await db.dispose()
 
 
+@pytest.mark.postgres
 async def test_an_unreachable_server_on_the_data_path_is_a_logged_503(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -341,7 +342,7 @@ async def test_an_unreachable_server_on_the_data_path_is_a_logged_503(
     db = AppState.build(settings).db
     try:
         with pytest.raises(Unavailable) as raised:
-            async with db.link():
+            async with db.reader():
                 pass
         assert raised.value.__cause__ is not None
     finally:

@@ -1,4 +1,4 @@
-"""Pool exhaustion, on SQLite, PostgreSQL and MariaDB (`tests.conftest.backend`).
+"""Pool exhaustion, on SQLite, PostgreSQL and MariaDB (`tests.fixtures.databases.backend`).
 
 POOL_SIZE=2, POOL_MAX_OVERFLOW=0, POOL_TIMEOUT=0.5 and more concurrent requests than that, made
 slow for real: another connection holds a lock that every transfer needs (a row lock on
@@ -19,15 +19,10 @@ from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings
 from asyncblog.security import PasswordHasher
-from tests.conftest import Backend, empty_tables, settings_for
-from tests.faults.conftest import (
-    assert_invariants,
-    ends_within,
-    in_process_app,
-    lock_user,
-    members,
-    send,
-)
+from tests.fixtures.app import empty_tables
+from tests.fixtures.databases import Backend, settings_for
+from tests.fixtures.faults import assert_invariants, ends_within, lock_user, members, send
+from tests.fixtures.servers import in_process_app
 
 POOL = 2
 REQUESTS = 10

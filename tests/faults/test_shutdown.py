@@ -21,16 +21,15 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from tests.faults.conftest import (
-    APP_NAME,
-    PgDatabase,
+from tests.fixtures.cluster import APP_NAME, PgDatabase
+from tests.fixtures.faults import (
     assert_created_are_recorded,
     assert_invariants,
     ends_within,
     members,
     send,
-    serving,
 )
+from tests.fixtures.servers import serving
 
 IN_FLIGHT = 8
 SERVER = {

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncpg
 
-from tests.conftest import Backend, empty_tables, settings_for
-from tests.faults.conftest import (
-    FaultProxy,
-    PgDatabase,
+from tests.fixtures.app import empty_tables
+from tests.fixtures.cluster import PgDatabase
+from tests.fixtures.databases import Backend, settings_for
+from tests.fixtures.faults import (
     assert_db_unavailable,
     assert_invariants,
     ends_within,
-    in_process_app,
     lock_user,
     members,
     send,
 )
+from tests.fixtures.proxy import FaultProxy
+from tests.fixtures.servers import in_process_app
 
 
 async def test_statement_timeout_turns_a_lock_wait_into_503_and_frees_the_connection(

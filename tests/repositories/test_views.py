@@ -119,7 +119,7 @@ async def test_the_database_renders_what_pydantic_renders(
         assert stored is not None
         post_views = [PostView.model_validate(p) for p in rows]
 
-        async with state.db.link() as link:
+        async with state.db.reader() as link:
             for private, view in ((False, UserPublicWithPosts), (True, UserPrivateWithPosts)):
                 base = (UserPrivate if private else UserPublic).model_validate(stored)
                 expected = dump(

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from asyncblog.api.state import AppState
 from asyncblog.models import Transfer
 from tests.api.test_money import assert_ledger_invariants, ledger_mismatches, ledger_rows
-from tests.conftest import Api
+from tests.fixtures.app import Api
 
 pytestmark = pytest.mark.concurrency
 

@@ -1,31 +1,28 @@
-"""FastAPI dependencies: the request's session, the caller, and the services.
+"""FastAPI dependencies: the services, the caller, the page parameters.
 
 All of them are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a thread
-hop per dependency per request.
+hop per dependency per request. Services are built per request from the app's state (cheap: a
+few attributes); a test may replace any of them with `app.dependency_overrides`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from asyncblog.api.state import AppState
-from asyncblog.errors import Forbidden, Unauthorized
-from asyncblog.models import MAX_ID, User
+from asyncblog.db.types import MAX_ID
+from asyncblog.errors import Forbidden
 from asyncblog.security import AccessClaims
-from asyncblog.services.auth import INVALID_TOKEN, AuthService, Caller, caller_of
-from asyncblog.services.posts import PostService, PostViews
+from asyncblog.services.auth import AuthService, Caller, caller_of
+from asyncblog.services.posts import Posts
 from asyncblog.services.transfers import TransferService
-from asyncblog.services.users import UserService, UserViews
-
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+from asyncblog.services.users import BulkUsers, Users
 
 TOKEN_URL = "/auth/token"
 oauth2 = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
@@ -41,47 +38,10 @@ async def get_state(request: Request) -> AppState:
 
 
 State = Annotated[AppState, Depends(get_state)]
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request, rolled back if the request fails. Writing requests get a write
-    session (on SQLite: BEGIN IMMEDIATE). The request first waits, in arrival order, for one of
-    the pool's connections (`Database.slot`)."""
-    async with _session(request, write=request.method not in READ_METHODS) as session:
-        yield session
-
-
-async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A reading session whatever the method (logging in is a POST that only reads)."""
-    async with _session(request, write=False) as session:
-        yield session
-
-
-@asynccontextmanager
-async def _session(request: Request, *, write: bool) -> AsyncIterator[AsyncSession]:
-    db = app_state(request).db
-    async with db.slot(), (db.write_session if write else db.session)() as session:
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
-
-
-# scope="function": the session (its connection, its pool slot, on SQLite a write lock) is
-# closed as soon as the endpoint has returned, not after the response has gone out to a
-# possibly slow client.
-Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
-ReadSession = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 Token = Annotated[str | None, Depends(oauth2)]
 
 
-async def auth_service(session: ReadSession, request: Request) -> AuthService:
-    state = app_state(request)
-    return AuthService(session, state.hasher, state.tokens, state.throttle)
-
-
-Auth = Annotated[AuthService, Depends(auth_service)]
+# ---------------------------------------------------------------------------- the caller
 
 
 class OptionalCaller(OAuth2PasswordBearer):
@@ -116,15 +76,8 @@ async def token_claims(token: Token, request: Request) -> AccessClaims | None:
 Claims = Annotated[AccessClaims | None, Depends(token_claims)]
 
 
-async def current_user(token: Token, session: Session, request: Request) -> User:
-    if token is None:
-        raise Unauthorized(INVALID_TOKEN)
-    state = app_state(request)
-    return await AuthService(session, state.hasher, state.tokens).caller(token)
-
-
 async def current_caller(claims: Claims, request: Request) -> Caller:
-    """The active user of the bearer token (401 without one), as the data path needs it."""
+    """The active user of the bearer token (401 without one), in one short statement."""
     return await caller_of(app_state(request).db, claims)
 
 
@@ -135,36 +88,53 @@ async def current_admin(caller: Annotated[Caller, Depends(current_caller)]) -> C
 
 
 OptionalUser = Annotated[Caller | None, Depends(optional_user)]
-CurrentUser = Annotated[User, Depends(current_user)]
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentAdmin = Annotated[Caller, Depends(current_admin)]
 
 
-async def user_service(session: Session, request: Request) -> UserService:
-    return UserService(session, app_state(request).hasher)
+# ---------------------------------------------------------------------------- services
 
 
-async def post_service(session: Session) -> PostService:
-    return PostService(session)
+async def auth_service(request: Request) -> AuthService:
+    state = app_state(request)
+    return AuthService(state.db, state.hasher, state.tokens, state.throttle)
+
+
+async def user_service(request: Request) -> Users:
+    state = app_state(request)
+    return Users(state.db, state.hasher)
+
+
+async def post_service(request: Request) -> Posts:
+    return Posts(app_state(request).db)
 
 
 async def transfer_service(request: Request) -> TransferService:
     return TransferService(app_state(request).db)
 
 
-async def user_views(request: Request) -> UserViews:
-    return UserViews(app_state(request).db)
+async def bulk_service(request: Request) -> AsyncIterator[BulkUsers]:
+    """The admin's bulk operations, on an ORM session (see `BulkUsers`): waits for a slot in
+    arrival order like any unit of work, rolled back if the request fails, closed as soon as
+    the endpoint returns."""
+    state = app_state(request)
+    await state.db.release_idle()  # the session's connection comes from SQLAlchemy's pool
+    async with state.db.slot(write=True), state.db.write_session() as session:
+        try:
+            yield BulkUsers(session, state.hasher)
+        except BaseException:
+            await session.rollback()
+            raise
 
 
-async def post_views(request: Request) -> PostViews:
-    return PostViews(app_state(request).db)
-
-
-Users = Annotated[UserService, Depends(user_service)]
-UserReads = Annotated[UserViews, Depends(user_views)]
-PostReads = Annotated[PostViews, Depends(post_views)]
-Posts = Annotated[PostService, Depends(post_service)]
+Auth = Annotated[AuthService, Depends(auth_service)]
+UsersService = Annotated[Users, Depends(user_service)]
+PostsService = Annotated[Posts, Depends(post_service)]
 Transfers = Annotated[TransferService, Depends(transfer_service)]
+Bulk = Annotated[BulkUsers, Depends(bulk_service, scope="function")]
+
+
+# ---------------------------------------------------------------------------- paging
 
 
 @dataclass(frozen=True, slots=True)

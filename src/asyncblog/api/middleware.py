@@ -12,6 +12,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from asyncblog.api.overrides import current_app
 from asyncblog.log import request_id
 
 access_logger = logging.getLogger("asyncblog.access")
@@ -48,6 +49,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        current_app.set(scope.get("app"))  # whose dependency_overrides apply (api.overrides)
         rid, declared_length = _inspect_headers(scope)
         rid = rid or os.urandom(12).hex()
         token = request_id.set(rid)

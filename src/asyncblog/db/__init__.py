@@ -5,7 +5,7 @@
 - `engine`: engine options per dialect;
 - `admission`: the first-come-first-served gate in front of the pool;
 - `statements`, `json`: Core statements compiled once per dialect, views rendered to JSON in SQL;
-- `database`: the process's `Database` and the data path (`Database.link()`).
+- `database`: the process's `Database` and the data path (`Database.reader()`, `Database.writer()`).
 
 This package file imports nothing, so that importing `asyncblog.db.types` connects nothing.
 """

@@ -1,18 +1,19 @@
 """The database of one process, and the one data path every request takes to it.
 
-A request's unit of work holds a `Link`: one of the pool's slots (`Admission`, first come first
-served), and under it one driver connection checked out of SQLAlchemy's pool (so there is one
-pool, with its recycling, pinging and invalidation). Statements are SQLAlchemy Core, compiled
-once per dialect (`db.statements.Statement`), and run on the driver connection itself:
-asyncpg, aiosqlite or aiomysql. Why not through SQLAlchemy's `AsyncConnection`: measured on the
-hot read, its checkout and execution (greenlet switches, the connection and result wrappers,
-per-execution cache keys) cost more CPU than the query (about 75 us against 12 us).
+A request's unit of work holds a `Reader` or a `Writer` (`db.reader()`, `db.writer()`): one of
+the pool's slots (`Admission`, first come first served), and under it one driver connection of
+SQLAlchemy's pool (one pool, with its recycling, pinging and invalidation), which the data path
+keeps between units of work while it is fresh (`_Held`). Statements are SQLAlchemy Core,
+compiled once per dialect (`db.statements.Statement`), and run on the driver connection itself:
+asyncpg, aiosqlite or aiomysql. Why not through SQLAlchemy's `AsyncConnection`: measured on
+`GET /posts/{id}`, its checkout and execution (greenlet switches, the connection and result
+wrappers, per-execution cache keys) cost more CPU than the statement on the bare connection.
 
 Every error a driver raises leaves the link translated (`db.errors.translate`): 503 for an
 outage (and the connection is dropped), `Busy` for a deadlock, `UniqueViolation`, ...
 
 Transactions: one statement runs on its own (PostgreSQL and SQLite autocommit: no BEGIN or
-COMMIT round trips); `link.transaction()` groups several (SQLite: `BEGIN IMMEDIATE`, so writers
+COMMIT round trips); `writer.transaction()` groups several (SQLite: `BEGIN IMMEDIATE`, so writers
 queue for the write lock instead of failing halfway). A connection handed over inside a
 transaction (a test's outer one) gets a savepoint per unit instead, so a failed statement does
 not abort the outer transaction.
@@ -23,10 +24,13 @@ with the ORM (bulk imports, the command line); they share the same engine and po
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from sqlalchemy import literal, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.pool import QueuePool
@@ -43,6 +47,10 @@ from asyncblog.errors import ServiceError
 class _Driver:
     """The few calls the data path makes, per driver."""
 
+    # MariaDB's connections (SQLAlchemy's, autocommit off) begin a transaction with any
+    # statement: a statement on its own is committed after it.
+    implicit_transactions = False
+
     async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         raise NotImplementedError
 
@@ -53,6 +61,15 @@ class _Driver:
 
     async def execute(self, con: Any, sql: str) -> None:
         raise NotImplementedError
+
+    async def alive(self, con: Any, within: float) -> bool:
+        """A ping of a connection that sat idle (a server restart, a proxy's idle timeout)."""
+        try:
+            async with asyncio.timeout(within):
+                await self.execute(con, "SELECT 1")
+        except Exception:
+            return False
+        return True
 
     async def affected(self, con: Any, sql: str, args: Sequence[Any]) -> int:
         """Run a write; how many rows it changed."""
@@ -98,6 +115,8 @@ class _Aiosqlite(_Driver):
 
 
 class _Aiomysql(_Driver):
+    implicit_transactions = True
+
     async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         async with con.cursor() as cursor:
             await cursor.execute(sql, args or None)
@@ -120,8 +139,11 @@ DRIVERS: dict[str, type[_Driver]] = {
 }
 
 
-class Link:
-    """One driver connection for one unit of work. Use through `Database.link()`."""
+_PING = Statement(lambda: select(literal(1)))
+
+
+class Reader:
+    """One driver connection for one unit of work that reads (`Database.reader()`)."""
 
     __slots__ = ("_depth", "_driver", "_joined", "connection", "dialect")
 
@@ -133,25 +155,21 @@ class Link:
         self._joined = in_transaction(connection)
         self._depth = 0
 
+    def _on_its_own(self) -> bool:
+        """A statement outside any transaction of ours that must still get one: a savepoint in
+        a test's outer transaction, or on MariaDB (whose statements open one) BEGIN/COMMIT."""
+        return self._depth == 0 and (self._joined or self._driver.implicit_transactions)
+
     async def rows(self, statement: Statement, **params: Any) -> list[tuple[Any, ...]]:
         """All rows of `statement`, converted by the column types."""
         compiled = statement.compiled(self.dialect)
         args = compiled.args(params)
-        if self._joined and self._depth == 0:
-            async with self.transaction():
+        if self._on_its_own():
+            async with self._transaction():
                 rows = await self._driver.fetch(self.connection, compiled.sql, args)
         else:
             rows = await self._driver.fetch(self.connection, compiled.sql, args)
         return compiled.convert(rows)
-
-    async def count(self, statement: Statement, **params: Any) -> int:
-        """Run a write (an UPDATE, a DELETE); how many rows it changed."""
-        compiled = statement.compiled(self.dialect)
-        args = compiled.args(params)
-        if self._joined and self._depth == 0:
-            async with self.transaction():
-                return await self._driver.affected(self.connection, compiled.sql, args)
-        return await self._driver.affected(self.connection, compiled.sql, args)
 
     async def row(self, statement: Statement, **params: Any) -> tuple[Any, ...] | None:
         rows = await self.rows(statement, **params)
@@ -160,13 +178,13 @@ class Link:
     async def value(self, statement: Statement, **params: Any) -> Any:
         """The first column of the first row (None without a row)."""
         compiled = statement.compiled(self.dialect)
-        if any(compiled.results) or (self._joined and self._depth == 0):
+        if any(compiled.results) or self._on_its_own():
             rows = await self.rows(statement, **params)
             return rows[0][0] if rows else None
         return await self._driver.value(self.connection, compiled.sql, compiled.args(params))
 
     @asynccontextmanager
-    async def transaction(self, *, write: bool = True) -> AsyncIterator[None]:
+    async def _transaction(self, *, write: bool = True) -> AsyncIterator[None]:
         """Run the block as one transaction (a savepoint inside another), committed at its end
         and rolled back if it raises."""
         con, driver = self.connection, self._driver
@@ -178,13 +196,35 @@ class Link:
             yield
         except BaseException:
             self._depth -= 1
-            if in_transaction(con):
+            if in_transaction(con) or nested:
                 await driver.execute(con, f"ROLLBACK TO SAVEPOINT {name}" if nested else "ROLLBACK")
                 if nested:
                     await driver.execute(con, f"RELEASE SAVEPOINT {name}")
             raise
         self._depth -= 1
         await driver.execute(con, f"RELEASE SAVEPOINT {name}" if nested else "COMMIT")
+
+
+class Writer(Reader):
+    """One driver connection for one unit of work that writes (`Database.writer()`): on SQLite
+    it queued in the writers' lane. Only a Writer runs UPDATEs and DELETEs and groups
+    statements into a transaction; the statements that write take a Writer."""
+
+    __slots__ = ()
+
+    async def count(self, statement: Statement, **params: Any) -> int:
+        """Run a write (an UPDATE, a DELETE); how many rows it changed."""
+        compiled = statement.compiled(self.dialect)
+        args = compiled.args(params)
+        if self._on_its_own():
+            async with self._transaction():
+                return await self._driver.affected(self.connection, compiled.sql, args)
+        return await self._driver.affected(self.connection, compiled.sql, args)
+
+    def transaction(self) -> Any:
+        """`async with writer.transaction():` the block as one transaction (SQLite: BEGIN
+        IMMEDIATE; a savepoint inside another)."""
+        return self._transaction(write=True)
 
 
 # A source of driver connections: returns (connection, give_back(failure)).
@@ -214,68 +254,154 @@ class Database:
         # (readiness checks, a command line task).
         size = pool.size() if isinstance(pool, QueuePool) else 1
         timeout = pool._timeout if isinstance(pool, QueuePool) else 30.0
-        self.admission = Admission(size, timeout)
+        if self.dialect == "sqlite" and size > 1:  # the pool has one more: the writers' lane
+            self.admission = Admission(size - 1, timeout, writers=1)
+        else:
+            self.admission = Admission(size, timeout)
         self.checkout: Checkout = self._pool_checkout
+        self._idle: list[_Held] = []
+        self._closing = False
+        self._ping_after = settings.pool_ping_after_idle if settings else 2.0
+        self._ping_timeout = settings.db_connect_timeout if settings else 2.0
+        self._recycle = settings.pool_recycle if settings else -1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         return cls(create_engine(settings), settings)
 
-    def slot(self) -> Any:
+    def slot(self, *, write: bool = False) -> Any:
         """One of the pool's slots for this task (re-entrant), without a connection yet."""
-        return self.admission.slot()
+        return self.admission.slot(write=write)
 
-    def link(self) -> _LinkHold:
-        """`async with db.link() as link:` a slot and a driver connection for one unit of
-        work; database errors leave it translated (`db.errors.translate`)."""
-        return _LinkHold(self)
+    def reader(self) -> _LinkHold[Reader]:
+        """`async with db.reader() as link:` a slot and a driver connection for one unit of
+        work that reads; database errors leave it translated (`db.errors.translate`)."""
+        return _LinkHold(self, Reader)
+
+    def writer(self) -> _LinkHold[Writer]:
+        """The same for a unit of work that writes (on SQLite it queues in the writers'
+        lane)."""
+        return _LinkHold(self, Writer)
 
     async def _pool_checkout(
         self,
     ) -> tuple[Any, Callable[[BaseException | None], Awaitable[None]]]:
+        """A connection for one unit of work: one this process held on to since its last unit,
+        else one from SQLAlchemy's pool."""
+        idle = self._idle
+        while idle:
+            held = idle.pop()  # the most recently returned: the least likely to be stale
+            now = time.monotonic()
+            if _closed(held.con):  # closed by the server while idle
+                await held.drop()
+            elif 0 <= self._recycle < now - held.taken:
+                await held.put_back()  # SQLAlchemy's pool recycles it
+            elif now - held.idle_since < self._ping_after or await self._driver.alive(
+                held.con, self._ping_timeout
+            ):
+                return held.con, held.give_back
+            else:  # a dead one: those that sat idle as long are likely dead too
+                await held.drop()
+                await self.release_idle()
         fairy = await self.engine.raw_connection()
-        con = fairy.driver_connection
         for _ in range(self.admission.size):
-            if not _closed(con):
+            if not _closed(fairy.driver_connection):
                 break
             # Closed by the server while idle (a restart, pg_terminate_backend): the pool's
             # idle ping runs only after POOL_PING_AFTER_IDLE; do not hand it out.
             await greenlet_spawn(fairy.invalidate)
             fairy = await self.engine.raw_connection()
-            con = fairy.driver_connection
+        held = _Held(self, fairy, fairy.driver_connection, time.monotonic())
+        return held.con, held.give_back
 
-        async def give_back(failure: BaseException | None) -> None:
-            if failure is not None and _unusable(failure, con):
-                await greenlet_spawn(fairy.invalidate, failure)
-                return
-            try:
-                if in_transaction(con):  # cut short: the transaction is rolled back here
-                    await self._driver.execute(con, "ROLLBACK")
-            except BaseException as exc:
-                await greenlet_spawn(fairy.invalidate, exc)
-                raise
-            # Back to the pool (which may close it: an overflow connection, a recycled one),
-            # in a greenlet as SQLAlchemy's pool awaits the driver from synchronous code.
-            await greenlet_spawn(fairy.close)
+    async def ping(self) -> None:
+        """One `SELECT 1` as a unit of work: in line with the requests (the readiness check),
+        on a connection the data path keeps, so a flood of probes opens none."""
+        async with self.reader() as link:
+            await link.value(_PING)
 
-        return con, give_back
+    async def release_idle(self) -> None:
+        """Give the connections held between units of work back to SQLAlchemy's pool (before
+        an ORM session needs one, and at the end)."""
+        idle, self._idle = self._idle, []
+        for held in idle:
+            await held.put_back()
 
-    async def dispose(self) -> None:
+    async def reconnect(self) -> None:
+        """Close every idle connection, held or pooled: the next units of work connect anew."""
+        await self.release_idle()
         await self.engine.dispose()
 
+    async def dispose(self) -> None:
+        self._closing = True
+        try:
+            await self.release_idle()
+        finally:
+            await self.engine.dispose()
 
-class _LinkHold:
-    """`Database.link()`: a plain async context manager (every request enters one; a
-    generator-based one costs several microseconds more)."""
 
-    __slots__ = ("_db", "_give_back", "_slot")
+class _Held:
+    """A connection of SQLAlchemy's pool that the data path keeps between units of work.
 
-    def __init__(self, db: Database) -> None:
+    Checking a connection out of SQLAlchemy's pool and back in costs two greenlet switches (9 us
+    each here) and the pool's bookkeeping: about 30 us per unit of work, a tenth of a request.
+    So the data path holds on to a connection it used, for the next unit of work, as long as it
+    is fresh: one idle for POOL_PING_AFTER_IDLE seconds is pinged first (as SQLAlchemy's pool
+    does here), one taken longer ago than POOL_RECYCLE goes back for SQLAlchemy to recycle, one
+    that failed is invalidated. At most as many are held as units of work run at once (the
+    admission gate's slots); an ORM session first takes them back (`release_idle`)."""
+
+    __slots__ = ("con", "db", "fairy", "idle_since", "taken")
+
+    def __init__(self, db: Database, fairy: Any, con: Any, taken: float) -> None:
+        self.db = db
+        self.fairy = fairy
+        self.con = con
+        self.taken = taken
+        self.idle_since = taken
+
+    async def give_back(self, failure: BaseException | None) -> None:
+        db, con = self.db, self.con
+        if failure is not None and _unusable(failure, con):
+            await self.drop(failure)
+            return
+        try:
+            if in_transaction(con):  # cut short: the transaction is rolled back here
+                await db._driver.execute(con, "ROLLBACK")
+        except BaseException as exc:
+            await self.drop(exc)
+            raise
+        if db._closing or len(db._idle) >= db.admission.capacity:
+            await self.put_back()
+            return
+        self.idle_since = time.monotonic()
+        db._idle.append(self)
+
+    async def put_back(self) -> None:
+        """Back to SQLAlchemy's pool (which may close it: an overflow connection, a recycled
+        one), in a greenlet as the pool awaits the driver from synchronous code."""
+        await greenlet_spawn(self.fairy.close)
+
+    async def drop(self, cause: BaseException | None = None) -> None:
+        await greenlet_spawn(self.fairy.invalidate, cause)
+
+
+L = TypeVar("L", bound=Reader)
+
+
+class _LinkHold(Generic[L]):
+    """`Database.reader()` / `writer()`: a plain async context manager (every request enters
+    one; a generator-based one costs several microseconds more)."""
+
+    __slots__ = ("_db", "_give_back", "_kind", "_slot")
+
+    def __init__(self, db: Database, kind: type[L]) -> None:
         self._db = db
+        self._kind = kind
 
-    async def __aenter__(self) -> Link:
+    async def __aenter__(self) -> L:
         db = self._db
-        self._slot = db.admission.slot()
+        self._slot = db.admission.slot(write=self._kind is Writer)
         await self._slot.__aenter__()
         try:
             con, self._give_back = await db.checkout()
@@ -285,7 +411,7 @@ class _LinkHold:
             if error is None or error is exc:
                 raise
             raise error from exc
-        return Link(con, db.engine.dialect, db._driver)
+        return self._kind(con, db.engine.dialect, db._driver)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object

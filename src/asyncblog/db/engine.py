@@ -49,7 +49,8 @@ def engine_options(settings: Settings, url: URL) -> dict[str, Any]:
             "connect_args": {"timeout": settings.sqlite_busy_timeout_ms / 1000}
         }
         if not sqlite_in_memory(url):
-            options.update(pool)
+            # one connection more than POOL_SIZE: the writers' lane (`db.admission`)
+            options.update(pool, pool_size=settings.pool_size + 1)
         return {**common, **options}
     options = {**common, **pool, "pool_recycle": settings.pool_recycle}
     options["connect_args"] = driver_connect_args(settings, url)

@@ -125,6 +125,9 @@ def violated_constraint(orig: BaseException) -> str:
     return ""
 
 
+SCHEMA_MISSING = "The database has no schema yet; run `asyncblog migrate`"
+
+
 def translate(exc: BaseException) -> ServiceError | None:
     """The service error for a database failure, or None when it is not one (a bug)."""
     if isinstance(exc, ServiceError):
@@ -140,6 +143,8 @@ def translate(exc: BaseException) -> ServiceError | None:
     if errno is not None:
         if errno == MYSQL_DEADLOCK:
             return Busy(BUSY)
+        if errno == 1146:  # no such table
+            return Unavailable(SCHEMA_MISSING)
         if errno == MYSQL_DUPLICATE:
             return UniqueViolation(violated_constraint(orig))
         if errno in MYSQL_UNAVAILABLE or errno >= 2000:  # 2xxx: client-side connection errors
@@ -155,6 +160,8 @@ def translate(exc: BaseException) -> ServiceError | None:
     if sqlstate:
         if sqlstate in RETRYABLE_SQLSTATES:
             return Busy(BUSY)
+        if sqlstate == "42P01":  # undefined table
+            return Unavailable(SCHEMA_MISSING)
         if unavailable_sqlstate(sqlstate):
             return Unavailable(DB_UNAVAILABLE)
         if sqlstate == "23505":
@@ -168,6 +175,8 @@ def translate(exc: BaseException) -> ServiceError | None:
         text = str(orig)
         if "database is locked" in text or "database table is locked" in text:
             return Busy(BUSY)
+        if "no such table" in text:
+            return Unavailable(SCHEMA_MISSING)
         if isinstance(orig, sqlite3.IntegrityError):
             if "UNIQUE constraint failed" in text:
                 return UniqueViolation(violated_constraint(orig))

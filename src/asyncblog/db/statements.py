@@ -107,4 +107,11 @@ def _compile(statement: Executable, dialect: Dialect) -> Compiled:
         for name, value in compiled.construct_params(_check=False).items()
         if value is not None
     }
+    # Columns with a Python-side scalar default (`default=True`) that the statement leaves out.
+    for column, default in [
+        *((c, c.default) for c in getattr(compiled, "insert_prefetch", ())),
+        *((c, c.onupdate) for c in getattr(compiled, "update_prefetch", ())),
+    ]:
+        if default is not None and default.is_scalar:
+            defaults[column.key] = default.arg
     return Compiled(compiled.string, names, binds, results, defaults)

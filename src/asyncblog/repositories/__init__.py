@@ -1,7 +1,7 @@
-"""Data access: a generic async repository and one repository per aggregate."""
+"""Data access: the data path's statements per aggregate (users, posts, transfers, views),
+and the ORM repository of the admin's bulk operations."""
 
 from asyncblog.repositories.base import Repository
-from asyncblog.repositories.posts import PostRepository
 from asyncblog.repositories.users import UserRepository
 
-__all__ = ["PostRepository", "Repository", "UserRepository"]
+__all__ = ["Repository", "UserRepository"]

@@ -8,10 +8,20 @@ one UPDATE ... WHERE id IN (...), one DELETE ... WHERE id IN (...).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Executable,
+    Select,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.interfaces import ORMOption
 
@@ -92,24 +102,26 @@ class Repository(Generic[ModelT]):
 
     async def bulk_update(self, ids: Iterable[int], values: Mapping[str, Any]) -> int:
         """One UPDATE for all `ids`; returns how many rows matched."""
-        wanted = sorted({i for i in ids if valid_id(i)})
-        if not wanted:
-            return 0
-        stmt = update(self.model).where(self._id.in_(wanted)).values(**values)
-        result = cast(
-            CursorResult[Any],
-            await self.session.execute(stmt, execution_options={"synchronize_session": False}),
+        return await self._for_ids(
+            ids, lambda wanted: update(self.model).where(wanted).values(**values)
         )
-        return int(result.rowcount)
 
     async def bulk_delete(self, ids: Iterable[int]) -> int:
         """One DELETE for all `ids`; returns how many rows went."""
+        return await self._for_ids(ids, lambda wanted: delete(self.model).where(wanted))
+
+    async def _for_ids(
+        self, ids: Iterable[int], statement: Callable[[ColumnElement[bool]], Executable]
+    ) -> int:
+        """Run one statement over the rows with these ids (invalid ids name no row)."""
         wanted = sorted({i for i in ids if valid_id(i)})
         if not wanted:
             return 0
-        stmt = delete(self.model).where(self._id.in_(wanted))
         result = cast(
             CursorResult[Any],
-            await self.session.execute(stmt, execution_options={"synchronize_session": False}),
+            await self.session.execute(
+                statement(self._id.in_(wanted)),
+                execution_options={"synchronize_session": False},
+            ),
         )
         return int(result.rowcount)

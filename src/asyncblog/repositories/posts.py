@@ -1,35 +1,37 @@
-"""Posts: the ORM repository, and the data path's statements for reading and writing them."""
+"""Posts: the data path's statements for reading and writing them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, cast
 
-from sqlalchemy import Integer, Select, String, Table, bindparam, insert, select, true
-from sqlalchemy.orm import joinedload
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.sql import FromClause
 
-from asyncblog.db.database import Link
+from asyncblog.db.database import Reader, Writer
 from asyncblog.db.json import json_text, json_view
 from asyncblog.db.statements import Statement
-from asyncblog.db.types import password_stamp
+from asyncblog.db.types import password_stamp, utcnow
 from asyncblog.models import Post, User
-from asyncblog.repositories.base import Repository, valid_id
+from asyncblog.repositories.base import valid_id
 from asyncblog.repositories.views import Columns, ViewQuery, columns_of, dump, renders_json
 from asyncblog.schemas import PostView, PostWithAuthor, UserPublic
 
 _users = cast(Table, User.__table__)
 _posts = cast(Table, Post.__table__)
 
-
-class PostRepository(Repository[Post]):
-    model = Post
-
-    async def get_with_author(self, post_id: int) -> Post | None:
-        return await self.get(post_id, options=[joinedload(Post.author, innerjoin=True)])
-
-
-# --------------------------------------------------------------------------- the data path
 
 _POST_FIELDS = list(PostView.model_fields)
 _AUTHOR_FIELDS = list(UserPublic.model_fields)
@@ -55,7 +57,7 @@ def _with_author() -> tuple[Select[Any], Callable[[FromClause], Columns]]:
 class _WithAuthor(ViewQuery):
     """MariaDB renders the nested author in Python from the flat row."""
 
-    async def fetch(self, link: Link, **params: Any) -> bytes | None:
+    async def fetch(self, link: Reader, **params: Any) -> bytes | None:
         if renders_json(link):
             return await super().fetch(link, **params)
         row = await link.row(_WITH_AUTHOR_ROW, **params)
@@ -115,14 +117,14 @@ def _create(as_json: bool) -> Statement:
 _CREATE = {True: _create(as_json=True), False: _create(as_json=False)}
 
 
-async def post_with_author(link: Link, post_id: int) -> bytes | None:
+async def post_with_author(link: Reader, post_id: int) -> bytes | None:
     if not valid_id(post_id):
         return None
     return await _WITH_AUTHOR.fetch(link, post_id=post_id)
 
 
 async def post_page(
-    link: Link, *, author_id: int | None, skip: int, limit: int, after_id: int | None
+    link: Reader, *, author_id: int | None, skip: int, limit: int, after_id: int | None
 ) -> bytes:
     params: dict[str, Any] = {"after_id": after_id or 0, "skip": skip, "limit": limit}
     if author_id is not None:
@@ -133,7 +135,7 @@ async def post_page(
 
 
 async def create_post(
-    link: Link, *, author_id: int, stamp: str, title: str, content: str
+    link: Writer, *, author_id: int, stamp: str, title: str, content: str
 ) -> bytes | None:
     """The new post's view, or None when the author may not write (see `_create`)."""
     as_json = renders_json(link)
@@ -145,3 +147,70 @@ async def create_post(
     if as_json:
         return str(row[0]).encode()
     return dump(PostView, dict(zip(_POST_FIELDS, row, strict=True)))
+
+
+_AUTHOR_OF = Statement(
+    lambda: select(_posts.c.author_id).where(_posts.c.id == bindparam("post_id", type_=Integer))
+)
+
+
+def _edit() -> Any:
+    """Change a post of this author (a NULL parameter keeps the column)."""
+    return (
+        update(_posts)
+        .where(
+            _posts.c.id == bindparam("post_id", type_=Integer),
+            _posts.c.author_id == bindparam("author_id", type_=Integer),
+        )
+        .values(
+            title=func.coalesce(bindparam("title", type_=String), _posts.c.title),
+            content=func.coalesce(bindparam("content", type_=String), _posts.c.content),
+            updated_at=utcnow(),
+        )
+    )
+
+
+_EDIT = Statement(_edit)
+_EDIT_RETURNING = Statement(
+    lambda: _edit().returning(json_text(json_view(PostView, columns_of(PostView, _posts))))
+)
+_POST_ROW = Statement(
+    lambda: select(*[_posts.c[name] for name in _POST_FIELDS]).where(
+        _posts.c.id == bindparam("post_id", type_=Integer)
+    )
+)
+_DELETE = Statement(
+    lambda: delete(_posts).where(_posts.c.id == bindparam("post_id", type_=Integer))
+)
+
+
+async def author_of(link: Reader, post_id: int) -> int | None:
+    if not valid_id(post_id):
+        return None
+    author: int | None = await link.value(_AUTHOR_OF, post_id=post_id)
+    return author
+
+
+async def post_view(link: Reader, post_id: int) -> bytes | None:
+    row = await link.row(_POST_ROW, post_id=post_id)
+    return dump(PostView, dict(zip(_POST_FIELDS, row, strict=True))) if row else None
+
+
+async def edit_post(
+    link: Writer, *, post_id: int, author_id: int, title: str | None, content: str | None
+) -> bytes | None:
+    """The changed post's view; None when it is not this author's post (or not there)."""
+    if not valid_id(post_id):
+        return None
+    params = {"post_id": post_id, "author_id": author_id, "title": title, "content": content}
+    if renders_json(link):
+        view: str | None = await link.value(_EDIT_RETURNING, **params)
+        return view.encode() if view is not None else None
+    async with link.transaction():
+        if await link.count(_EDIT, **params) == 0:
+            return None
+        return await post_view(link, post_id)
+
+
+async def delete_post(link: Writer, post_id: int) -> bool:
+    return valid_id(post_id) and await link.count(_DELETE, post_id=post_id) == 1

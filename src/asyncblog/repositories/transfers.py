@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 
-from asyncblog.db.database import Link
+from asyncblog.db.database import Reader, Writer
 from asyncblog.db.json import json_text, json_view
 from asyncblog.db.statements import Statement
 from asyncblog.db.types import Money, password_stamp, utcnow
@@ -133,7 +133,7 @@ def _render(values: Sequence[Any]) -> bytes:
 
 
 async def transfer_once(
-    link: Link,
+    link: Writer,
     *,
     sender_id: int,
     stamp: str,
@@ -174,7 +174,7 @@ async def transfer_once(
         return Outcome(True, True, None, None, _render(created))
 
 
-async def prior(link: Link, *, sender_id: int, key: str) -> tuple[str | None, bytes] | None:
+async def prior(link: Reader, *, sender_id: int, key: str) -> tuple[str | None, bytes] | None:
     """The ledger row a sender's Idempotency-Key names: (its request's fingerprint, its view)."""
     found = await link.row(_PRIOR, sender=sender_id, key=key)
     return (found[0], _render(found[1:])) if found is not None else None
@@ -216,7 +216,7 @@ _DEPOSIT_ENTRY = Statement(
 )
 
 
-async def deposit(link: Link, *, to_id: int, amount: Decimal) -> bytes | None:
+async def deposit(link: Writer, *, to_id: int, amount: Decimal) -> bytes | None:
     """Credit a user with SQL arithmetic and record it in the ledger; None: no such user."""
     if not valid_id(to_id):
         return None
@@ -252,7 +252,7 @@ _HISTORY = ViewQuery(
 
 
 async def history(
-    link: Link, *, user_id: int, skip: int, limit: int, after_id: int | None
+    link: Reader, *, user_id: int, skip: int, limit: int, after_id: int | None
 ) -> bytes:
     """The user's transfers, sent and received, by id."""
     page = await _HISTORY.fetch(

@@ -5,12 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from sqlalchemy import Integer, Select, Table, bindparam, func, or_, select
+from sqlalchemy import (
+    Boolean,
+    Integer,
+    Select,
+    String,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.sql import FromClause
 
-from asyncblog.db.database import Link
+from asyncblog.db.database import Reader, Writer
 from asyncblog.db.json import json_list, json_text, json_view
 from asyncblog.db.statements import Statement
+from asyncblog.db.types import password_stamp, utcnow
 from asyncblog.models import Post, User
 from asyncblog.repositories.base import Repository, valid_id
 from asyncblog.repositories.views import (
@@ -33,10 +48,6 @@ from asyncblog.schemas import (
 
 class UserRepository(Repository[User]):
     model = User
-
-    async def get_by_username(self, username: str) -> User | None:
-        # The column's collation makes this comparison case-insensitive on every backend.
-        return await self.session.scalar(select(User).where(User.username == username))
 
     async def taken(
         self, usernames: Iterable[str], emails: Iterable[str]
@@ -115,7 +126,7 @@ _DOCUMENTS = {
 }
 
 
-async def user_document(link: Link, user_id: int, *, private: bool) -> bytes | None:
+async def user_document(link: Reader, user_id: int, *, private: bool) -> bytes | None:
     """The user's public (or private) view with its first posts and how many it has."""
     if not valid_id(user_id):
         return None
@@ -158,12 +169,165 @@ CALLER = Statement(
 
 
 async def user_page(
-    link: Link, *, skip: int, limit: int, after_id: int | None, private: bool
+    link: Reader, *, skip: int, limit: int, after_id: int | None, private: bool
 ) -> bytes:
     page = await _PAGES[private].fetch(link, after_id=after_id or 0, skip=skip, limit=limit)
     assert page is not None
     return page
 
 
-async def user_count(link: Link) -> int:
+async def user_count(link: Reader) -> int:
     return int(await link.value(_COUNT) or 0)
+
+
+# --------------------------------------------------------------------------- writes
+
+_PRIVATE_FIELDS = list(UserPrivate.model_fields)
+
+
+def _private_returning(stmt: Any, as_json: bool) -> Any:
+    if as_json:
+        return stmt.returning(json_text(json_view(UserPrivate, columns_of(UserPrivate, _users))))
+    return stmt.returning(*[_users.c[name] for name in _PRIVATE_FIELDS])
+
+
+def _register(as_json: bool) -> Statement:
+    def build() -> Any:
+        stmt = insert(_users).values(
+            username=bindparam("username", type_=String),
+            email=bindparam("email", type_=String),
+            hashed_password=bindparam("hashed_password", type_=String),
+            is_admin=bindparam("is_admin", type_=Boolean),
+        )
+        return _private_returning(stmt, as_json)
+
+    return Statement(build)
+
+
+_REGISTER = {True: _register(as_json=True), False: _register(as_json=False)}
+
+
+def _private_view(row: tuple[Any, ...] | None, as_json: bool) -> bytes | None:
+    if row is None:
+        return None
+    if as_json:
+        return str(row[0]).encode()
+    return dump(UserPrivate, dict(zip(_PRIVATE_FIELDS, row, strict=True)))
+
+
+async def register(
+    link: Writer, *, username: str, email: str, hashed_password: str, is_admin: bool
+) -> bytes:
+    """INSERT the user and return its private view; a taken name is UniqueViolation."""
+    as_json = renders_json(link)
+    row = await link.row(
+        _REGISTER[as_json],
+        username=username,
+        email=email,
+        hashed_password=hashed_password,
+        is_admin=is_admin,
+    )
+    view = _private_view(row, as_json)
+    assert view is not None
+    return view
+
+
+LOGIN = Statement(
+    lambda: select(_users.c.id, _users.c.hashed_password, _users.c.is_active).where(
+        # the column's collation makes this comparison case-insensitive on every backend
+        _users.c.username == bindparam("username", type_=String)
+    )
+)
+
+
+def _me(as_json: bool) -> Statement:
+    """The private view of the token's user while it is active and the token's stamp holds."""
+
+    def build() -> Any:
+        columns: list[Any]
+        if as_json:
+            columns = [json_text(json_view(UserPrivate, columns_of(UserPrivate, _users)))]
+        else:
+            columns = [_users.c[name] for name in _PRIVATE_FIELDS]
+        return select(*columns).where(
+            _users.c.id == bindparam("user_id", type_=Integer),
+            _users.c.is_active == true(),
+            password_stamp(_users.c.hashed_password) == bindparam("stamp", type_=String),
+        )
+
+    return Statement(build)
+
+
+_ME = {True: _me(as_json=True), False: _me(as_json=False)}
+
+
+async def me(link: Reader, *, user_id: int, stamp: str) -> bytes | None:
+    as_json = renders_json(link)
+    return _private_view(await link.row(_ME[as_json], user_id=user_id, stamp=stamp), as_json)
+
+
+def _private_by_id(as_json: bool) -> Statement:
+    def build() -> Any:
+        columns: list[Any]
+        if as_json:
+            columns = [json_text(json_view(UserPrivate, columns_of(UserPrivate, _users)))]
+        else:
+            columns = [_users.c[name] for name in _PRIVATE_FIELDS]
+        return select(*columns).where(_users.c.id == bindparam("user_id", type_=Integer))
+
+    return Statement(build)
+
+
+_PRIVATE = {True: _private_by_id(as_json=True), False: _private_by_id(as_json=False)}
+
+
+def _update() -> Any:
+    """Every changeable field at once: a NULL parameter keeps the column as it is."""
+    kept = {
+        name: func.coalesce(bindparam(name, type_=type_), _users.c[name])
+        for name, type_ in (
+            ("username", String),
+            ("email", String),
+            ("hashed_password", String),
+            ("is_active", Boolean),
+        )
+    }
+    return (
+        update(_users)
+        .where(_users.c.id == bindparam("user_id", type_=Integer))
+        .values(**kept, updated_at=utcnow())
+    )
+
+
+_UPDATE = Statement(_update)
+_UPDATE_RETURNING = Statement(lambda: _private_returning(_update(), as_json=True))
+_DELETE = Statement(
+    lambda: delete(_users).where(_users.c.id == bindparam("user_id", type_=Integer))
+)
+
+
+async def private_view(link: Reader, user_id: int) -> bytes | None:
+    if not valid_id(user_id):
+        return None
+    as_json = renders_json(link)
+    return _private_view(await link.row(_PRIVATE[as_json], user_id=user_id), as_json)
+
+
+async def update_user(link: Writer, user_id: int, changes: dict[str, Any]) -> bytes | None:
+    """Apply `changes` (username, email, hashed_password, is_active) in one UPDATE and return
+    the private view (MariaDB, without UPDATE ... RETURNING: a SELECT after it); None: no such
+    user."""
+    if not valid_id(user_id):
+        return None
+    params = {name: changes.get(name) for name in ("username", "email", "hashed_password")}
+    params["is_active"] = changes.get("is_active")
+    if renders_json(link):
+        return _private_view(await link.row(_UPDATE_RETURNING, user_id=user_id, **params), True)
+    async with link.transaction():
+        if await link.count(_UPDATE, user_id=user_id, **params) == 0:
+            return None
+        return await private_view(link, user_id)
+
+
+async def delete_user(link: Writer, user_id: int) -> bool:
+    return valid_id(user_id) and await link.count(_DELETE, user_id=user_id) == 1

@@ -1,4 +1,4 @@
-"""Reads and writes whose answer is a view, over the data path (`db.database.Link`).
+"""Reads and writes whose answer is a view, over the data path (`db.database.Reader`, `Writer`).
 
 Each read is one Core statement, compiled once per dialect. On PostgreSQL and SQLite the
 database renders the answer's JSON itself (`db.json`): one round trip (one thread hop on
@@ -17,14 +17,14 @@ from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.sql import FromClause
 
-from asyncblog.db.database import Link
+from asyncblog.db.database import Reader
 from asyncblog.db.json import json_list, json_text, json_view
 from asyncblog.db.statements import Statement
 
 Columns = Mapping[str, ColumnElement[Any]]
 
 
-def renders_json(link: Link) -> bool:
+def renders_json(link: Reader) -> bool:
     return link.dialect.name != "mysql"
 
 
@@ -79,7 +79,7 @@ class ViewQuery:
             return select(json_text(json_list(document, sub.c.id))).select_from(sub)
         return select(json_text(document)).select_from(sub)
 
-    async def fetch(self, link: Link, **params: Any) -> bytes | None:
+    async def fetch(self, link: Reader, **params: Any) -> bytes | None:
         """The JSON bytes of the view, or None when a single view finds no row."""
         if renders_json(link):
             text: str | None = await link.value(self._json, **params)

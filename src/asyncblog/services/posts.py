@@ -1,53 +1,28 @@
-"""Writing, changing and deleting posts."""
+"""Writing, reading, changing and deleting posts, over the data path: each call one unit of
+work on one connection, answered as the view's JSON bytes."""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from asyncblog.db.database import Database
 from asyncblog.errors import Forbidden, NotFound, Unauthorized
-from asyncblog.models import Post, User
-from asyncblog.repositories import PostRepository
 from asyncblog.repositories.base import valid_id
-from asyncblog.repositories.posts import create_post, post_page, post_with_author
+from asyncblog.repositories.posts import (
+    author_of,
+    create_post,
+    delete_post,
+    edit_post,
+    post_page,
+    post_view,
+    post_with_author,
+)
 from asyncblog.schemas import PostCreate, PostUpdate
 from asyncblog.security import AccessClaims
-from asyncblog.services.auth import INVALID_TOKEN
+from asyncblog.services.auth import INVALID_TOKEN, Caller
 
 POST_NOT_FOUND = "Post not found"
 
 
-class PostService:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-        self.posts = PostRepository(session)
-
-    async def update(self, actor: User, post_id: int, data: PostUpdate) -> Post:
-        post = await self.posts.get(post_id)
-        if post is None:
-            raise NotFound(POST_NOT_FOUND)
-        if post.author_id != actor.id:
-            raise Forbidden("Only the author may change a post")
-        changes = data.model_dump(exclude_unset=True)
-        if changes:
-            await self.posts.update(post, **changes)
-            await self.session.commit()
-        return post
-
-    async def delete(self, actor: User, post_id: int) -> None:
-        post = await self.posts.get(post_id)
-        if post is None:
-            raise NotFound(POST_NOT_FOUND)
-        if post.author_id != actor.id and not actor.is_admin:
-            raise Forbidden("Only the author or an admin may delete a post")
-        await self.posts.delete(post_id)
-        await self.session.commit()
-
-
-class PostViews:
-    """Posts over the data path: each call one unit of work on one connection, answered as the
-    view's JSON bytes."""
-
+class Posts:
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -56,7 +31,7 @@ class PostViews:
         statement, so a deactivated author or an ended token writes nothing (401)."""
         if claims is None or not valid_id(claims.user_id):
             raise Unauthorized(INVALID_TOKEN)
-        async with self.db.link() as link:
+        async with self.db.writer() as link:
             view = await create_post(
                 link,
                 author_id=claims.user_id,
@@ -69,7 +44,7 @@ class PostViews:
         return view
 
     async def get(self, post_id: int) -> bytes:
-        async with self.db.link() as link:
+        async with self.db.reader() as link:
             view = await post_with_author(link, post_id)
         if view is None:
             raise NotFound(POST_NOT_FOUND)
@@ -78,7 +53,42 @@ class PostViews:
     async def page(
         self, *, author_id: int | None, skip: int, limit: int, after_id: int | None
     ) -> bytes:
-        async with self.db.link() as link:
+        async with self.db.reader() as link:
             return await post_page(
                 link, author_id=author_id, skip=skip, limit=limit, after_id=after_id
             )
+
+    async def update(self, caller: Caller, post_id: int, data: PostUpdate) -> bytes:
+        """Only the author changes a post: the UPDATE names the author, so a post that changed
+        hands meanwhile is not touched; 404 or 403 say why nothing was."""
+        changes = data.model_dump(exclude_unset=True)
+        async with self.db.writer() as link:
+            if changes:
+                view = await edit_post(
+                    link,
+                    post_id=post_id,
+                    author_id=caller.id,
+                    title=changes.get("title"),
+                    content=changes.get("content"),
+                )
+                if view is not None:
+                    return view
+            author = await author_of(link, post_id)
+            if author is None:
+                raise NotFound(POST_NOT_FOUND)
+            if author != caller.id:
+                raise Forbidden("Only the author may change a post")
+            view = await post_view(link, post_id)  # nothing to change
+        if view is None:  # deleted in between
+            raise NotFound(POST_NOT_FOUND)
+        return view
+
+    async def delete(self, caller: Caller, post_id: int) -> None:
+        async with self.db.writer() as link:
+            author = await author_of(link, post_id)
+            if author is None:
+                raise NotFound(POST_NOT_FOUND)
+            if author != caller.id and not caller.is_admin:
+                raise Forbidden("Only the author or an admin may delete a post")
+            if not await delete_post(link, post_id):
+                raise NotFound(POST_NOT_FOUND)

@@ -72,7 +72,7 @@ class TransferService:
         request = fingerprint(data) if key is not None else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self.db.link() as link:
+                async with self.db.writer() as link:
                     outcome = await transfer_once(
                         link,
                         sender_id=sender_id,
@@ -86,7 +86,7 @@ class TransferService:
                 if key is None:
                     raise
                 # A concurrent request with the same key won the INSERT: replay it.
-                async with self.db.link() as link:
+                async with self.db.reader() as link:
                     found = await prior(link, sender_id=sender_id, key=key)
                 if found is None:  # the INSERT failed for another reason
                     raise Unavailable("The transfer could not be completed; retry") from None
@@ -120,12 +120,12 @@ class TransferService:
 
     async def deposit(self, user_id: int, amount: Decimal) -> bytes:
         """Credit a user (an admin's deposit) and record it in the ledger."""
-        async with self.db.link() as link:
+        async with self.db.writer() as link:
             view = await deposit(link, to_id=user_id, amount=amount)
         if view is None:
             raise NotFound("User not found")
         return view
 
     async def history(self, user_id: int, *, skip: int, limit: int, after_id: int | None) -> bytes:
-        async with self.db.link() as link:
+        async with self.db.reader() as link:
             return await history(link, user_id=user_id, skip=skip, limit=limit, after_id=after_id)

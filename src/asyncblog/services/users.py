@@ -9,13 +9,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncblog.db.database import Database
 from asyncblog.db.errors import translated
-from asyncblog.errors import Conflict, Forbidden, NotFound, UniqueViolation
+from asyncblog.errors import Conflict, Forbidden, NotFound, Unauthorized, UniqueViolation
 from asyncblog.models import User
 from asyncblog.repositories import UserRepository
-from asyncblog.repositories.users import user_count, user_document, user_page
+from asyncblog.repositories.base import valid_id
+from asyncblog.repositories.users import (
+    LOGIN,
+    delete_user,
+    me,
+    private_view,
+    register,
+    update_user,
+    user_count,
+    user_document,
+    user_page,
+)
 from asyncblog.schemas import BulkUserCreate, UserCreate, UserUpdate
-from asyncblog.security import PasswordHasher
-from asyncblog.services.auth import Caller
+from asyncblog.security import AccessClaims, PasswordHasher
+from asyncblog.services.auth import INVALID_TOKEN, Caller
 
 USER_NOT_FOUND = "User not found"
 
@@ -36,72 +47,14 @@ class BulkOutcome:
     skipped: list[int] = field(default_factory=list)
 
 
-class UserService:
+class BulkUsers:
+    """The admin's bulk operations: the one part still written with an ORM session (bulk
+    create relies on SQLAlchemy's insertmanyvalues; see the README)."""
+
     def __init__(self, session: AsyncSession, hasher: PasswordHasher) -> None:
         self.session = session
         self.users = UserRepository(session)
         self.hasher = hasher
-
-    # ------------------------------------------------------------------ single users
-
-    async def register(self, data: UserCreate, *, is_admin: bool = False) -> User:
-        """Create a user. Uniqueness is the database's: a concurrent twin gets a 409, not a row."""
-        hashed = await self.hasher.hash(data.password)
-        try:
-            async with translated():
-                user = await self.users.create(
-                    username=data.username,
-                    email=data.email,
-                    hashed_password=hashed,
-                    is_admin=is_admin,
-                )
-                await self.session.commit()
-        except UniqueViolation as exc:
-            await self.session.rollback()
-            raise Conflict(conflict_message(exc)) from None
-        return user
-
-    async def update(self, actor: User, user_id: int, data: UserUpdate) -> User:
-        if actor.id != user_id and not actor.is_admin:
-            raise Forbidden("Not allowed to change another user")
-        changes = data.model_dump(exclude_unset=True)
-        if "is_active" in changes and not actor.is_admin:
-            raise Forbidden("Only an admin may change is_active")
-        user = actor if actor.id == user_id else await self.users.get(user_id)
-        if user is None:
-            raise NotFound(USER_NOT_FOUND)
-        if "password" in changes:
-            await self.session.commit()  # no connection held while hashing
-            changes["hashed_password"] = await self.hasher.hash(changes.pop("password"))
-        if changes:
-            try:
-                async with translated():
-                    await self.users.update(user, **changes)
-                    await self.session.commit()
-            except UniqueViolation as exc:
-                await self.session.rollback()
-                raise Conflict(conflict_message(exc)) from None
-        return user
-
-    async def delete(self, actor: User, user_id: int) -> None:
-        if actor.id != user_id and not actor.is_admin:
-            raise Forbidden("Not allowed to delete another user")
-        deleted = await self.users.delete(user_id)
-        await self.session.commit()
-        if not deleted:
-            raise NotFound(USER_NOT_FOUND)
-
-    async def ensure_admin(self, username: str, email: str, password: str) -> User | None:
-        """Create an admin unless the username is taken (then: None). Safe to race."""
-        if await self.users.get_by_username(username) is not None:
-            await self.session.commit()
-            return None
-        try:
-            return await self.register(
-                UserCreate(username=username, email=email, password=password), is_admin=True
-            )
-        except Conflict:
-            return None
 
     # ------------------------------------------------------------------ bulk (admin)
 
@@ -118,7 +71,12 @@ class UserService:
         await self.session.commit()  # do not hold a connection while hashing
         if conflicts and data.on_conflict == "abort":
             raise Conflict("Username or email already registered", conflicts=conflicts)
-        todo = [i for i in range(len(data.users)) if i not in set(conflicts)]
+        # Rows go in sorted by username and email: concurrent imports then take the unique
+        # indexes' locks in the same order and wait for each other instead of deadlocking.
+        todo = sorted(
+            (i for i in range(len(data.users)) if i not in set(conflicts)),
+            key=lambda i: (data.users[i].username.lower(), data.users[i].email),
+        )
         hashes = await self.hasher.hash_many([data.users[i].password for i in todo])
         rows = [
             {
@@ -129,25 +87,26 @@ class UserService:
             for i, hashed in zip(todo, hashes, strict=True)
         ]
         outcome = BulkOutcome(skipped=list(conflicts))
+        created: dict[int, User] = {}
         try:
             async with translated(), self.session.begin_nested():
-                outcome.created = await self.users.bulk_create(rows)
+                created = dict(zip(todo, await self.users.bulk_create(rows), strict=True))
         except UniqueViolation:
             if data.on_conflict == "abort":
                 await self.session.rollback()
                 raced = await self._conflicts(data.users)
                 await self.session.rollback()
                 raise Conflict(
-                    "Username or email already registered", conflicts=raced or todo
+                    "Username or email already registered", conflicts=raced or sorted(todo)
                 ) from None
-            outcome.created = []
             for index, row in zip(todo, rows, strict=True):
                 try:
                     async with translated(), self.session.begin_nested():
-                        outcome.created.extend(await self.users.bulk_create([row]))
+                        created[index] = (await self.users.bulk_create([row]))[0]
                 except UniqueViolation:
                     outcome.skipped.append(index)
             outcome.skipped.sort()
+        outcome.created = [created[i] for i in sorted(created)]  # in the request's order
         await self.session.commit()
         return outcome
 
@@ -183,16 +142,82 @@ class UserService:
         return deleted
 
 
-class UserViews:
-    """Reads of users over the data path, answered as the views' JSON bytes."""
+class Users:
+    """One user at a time over the data path, answered as the views' JSON bytes."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, hasher: PasswordHasher) -> None:
         self.db = db
+        self.hasher = hasher
+
+    async def register(self, data: UserCreate, *, is_admin: bool = False) -> bytes:
+        """Create a user. Uniqueness is the database's: a concurrent twin gets a 409, not a
+        row. The password is hashed before the unit of work: no connection waits on Argon2."""
+        hashed = await self.hasher.hash(data.password)
+        try:
+            async with self.db.writer() as link:
+                return await register(
+                    link,
+                    username=data.username,
+                    email=data.email,
+                    hashed_password=hashed,
+                    is_admin=is_admin,
+                )
+        except UniqueViolation as exc:
+            raise Conflict(conflict_message(exc)) from None
+
+    async def ensure_admin(self, username: str, email: str, password: str) -> bytes | None:
+        """Create an admin unless the username is taken (then: None). Safe to race."""
+        async with self.db.reader() as link:
+            if await link.row(LOGIN, username=username) is not None:
+                return None
+        try:
+            return await self.register(
+                UserCreate(username=username, email=email, password=password), is_admin=True
+            )
+        except Conflict:
+            return None
+
+    async def me(self, claims: AccessClaims | None) -> bytes:
+        if claims is None or not valid_id(claims.user_id):
+            raise Unauthorized(INVALID_TOKEN)
+        async with self.db.reader() as link:
+            view = await me(link, user_id=claims.user_id, stamp=claims.password_stamp)
+        if view is None:
+            raise Unauthorized(INVALID_TOKEN)
+        return view
+
+    async def update(self, caller: Caller, user_id: int, data: UserUpdate) -> bytes:
+        if caller.id != user_id and not caller.is_admin:
+            raise Forbidden("Not allowed to change another user")
+        changes = data.model_dump(exclude_unset=True)
+        if "is_active" in changes and not caller.is_admin:
+            raise Forbidden("Only an admin may change is_active")
+        if "password" in changes:  # before the unit of work: no connection waits on Argon2
+            changes["hashed_password"] = await self.hasher.hash(changes.pop("password"))
+        try:
+            async with self.db.writer() as link:
+                if changes:
+                    view = await update_user(link, user_id, changes)
+                else:
+                    view = await private_view(link, user_id)
+        except UniqueViolation as exc:
+            raise Conflict(conflict_message(exc)) from None
+        if view is None:
+            raise NotFound(USER_NOT_FOUND)
+        return view
+
+    async def delete(self, caller: Caller, user_id: int) -> None:
+        if caller.id != user_id and not caller.is_admin:
+            raise Forbidden("Not allowed to delete another user")
+        async with self.db.writer() as link:
+            deleted = await delete_user(link, user_id)
+        if not deleted:
+            raise NotFound(USER_NOT_FOUND)
 
     async def document(self, user_id: int, caller: Caller | None) -> bytes:
         """The user with its first posts: the private view for that user or an admin."""
         private = caller is not None and (caller.id == user_id or caller.is_admin)
-        async with self.db.link() as link:
+        async with self.db.reader() as link:
             document = await user_document(link, user_id, private=private)
         if document is None:
             raise NotFound(USER_NOT_FOUND)
@@ -203,9 +228,9 @@ class UserViews:
     ) -> bytes:
         """Public views; private ones for an admin."""
         private = caller is not None and caller.is_admin
-        async with self.db.link() as link:
+        async with self.db.reader() as link:
             return await user_page(link, skip=skip, limit=limit, after_id=after_id, private=private)
 
     async def count(self) -> int:
-        async with self.db.link() as link:
+        async with self.db.reader() as link:
             return await user_count(link)

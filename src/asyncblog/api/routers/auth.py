@@ -6,10 +6,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 
 from asyncblog.api.deps import Auth
+from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.schemas import Token
 
-router = APIRouter(prefix="/auth", tags=["auth"], responses=COMMON_RESPONSES)
+router = APIRouter(
+    prefix="/auth",
+    tags=["auth"],
+    responses=COMMON_RESPONSES,
+    dependency_overrides_provider=OVERRIDES,
+)
 
 
 @router.post(

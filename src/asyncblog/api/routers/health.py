@@ -4,13 +4,15 @@ import asyncio
 
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from asyncblog.api.deps import State
+from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES
 from asyncblog.schemas import Health, Readiness
 
-router = APIRouter(tags=["operations"], responses=COMMON_RESPONSES)
+router = APIRouter(
+    tags=["operations"], responses=COMMON_RESPONSES, dependency_overrides_provider=OVERRIDES
+)
 
 
 @router.get("/healthz", response_model=Health)
@@ -22,8 +24,7 @@ async def healthz() -> Health:
 async def readyz(state: State) -> Response:
     try:
         async with asyncio.timeout(state.settings.readiness_timeout):
-            async with state.db.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await state.db.ping()
     except Exception:
         return JSONResponse(
             {"status": "unavailable", "database": "unreachable"},

@@ -5,10 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Response, status
 
 from asyncblog.api.deps import Claims, CurrentAdmin, CurrentCaller, PageParams, Transfers
+from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.schemas import Deposit, TransferCreate, TransferView
 
-router = APIRouter(tags=["money"], responses=COMMON_RESPONSES)
+router = APIRouter(
+    tags=["money"], responses=COMMON_RESPONSES, dependency_overrides_provider=OVERRIDES
+)
 
 ERRORS = errors(401, 403, 404, 409, 503)
 UNAUTHORIZED = errors(401)

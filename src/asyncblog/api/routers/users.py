@@ -5,13 +5,15 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response, status
 
 from asyncblog.api.deps import (
+    Bulk,
+    Claims,
     CurrentAdmin,
-    CurrentUser,
+    CurrentCaller,
     OptionalUser,
     PageParams,
-    UserReads,
-    Users,
+    UsersService,
 )
+from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.schemas import (
     BulkConflict,
@@ -30,7 +32,12 @@ from asyncblog.schemas import (
     UserUpdate,
 )
 
-router = APIRouter(prefix="/users", tags=["users"], responses=COMMON_RESPONSES)
+router = APIRouter(
+    prefix="/users",
+    tags=["users"],
+    responses=COMMON_RESPONSES,
+    dependency_overrides_provider=OVERRIDES,
+)
 
 UserId = Annotated[int, Path(description="A user id")]
 ERRORS = errors(401, 403, 404)
@@ -45,8 +52,8 @@ UNAUTHORIZED = errors(401)
     response_model=UserPrivate,
     responses=CONFLICT,
 )
-async def register(data: UserCreate, users: Users) -> UserPrivate:
-    return UserPrivate.model_validate(await users.register(data))
+async def register(data: UserCreate, users: UsersService) -> Response:
+    return Response(await users.register(data), 201, media_type="application/json")
 
 
 @router.get(
@@ -55,19 +62,19 @@ async def register(data: UserCreate, users: Users) -> UserPrivate:
     responses=UNAUTHORIZED,
     description="Public views; private views when the caller is an admin.",
 )
-async def list_users(page: PageParams, users: UserReads, caller: OptionalUser) -> Response:
+async def list_users(page: PageParams, users: UsersService, caller: OptionalUser) -> Response:
     body = await users.page(skip=page.skip, limit=page.limit, after_id=page.after_id, caller=caller)
     return Response(body, media_type="application/json")
 
 
 @router.get("/count", response_model=Count)
-async def count_users(users: UserReads) -> Count:
+async def count_users(users: UsersService) -> Count:
     return Count(count=await users.count())
 
 
 @router.get("/me", response_model=UserPrivate, responses=ERRORS)
-async def me(user: CurrentUser) -> UserPrivate:
-    return UserPrivate.model_validate(user)
+async def me(users: UsersService, claims: Claims) -> Response:
+    return Response(await users.me(claims), media_type="application/json")
 
 
 @router.get(
@@ -76,25 +83,30 @@ async def me(user: CurrentUser) -> UserPrivate:
     responses={**NOT_FOUND, **UNAUTHORIZED},
     description="The private view when the caller is that user or an admin.",
 )
-async def get_user(user_id: UserId, users: UserReads, caller: OptionalUser) -> Response:
+async def get_user(user_id: UserId, users: UsersService, caller: OptionalUser) -> Response:
     return Response(await users.document(user_id, caller), media_type="application/json")
 
 
 @router.patch("/{user_id}", response_model=UserPrivate, responses={**ERRORS, **CONFLICT})
 async def update_user(
-    user_id: UserId, data: UserUpdate, users: Users, caller: CurrentUser
-) -> UserPrivate:
-    return UserPrivate.model_validate(await users.update(caller, user_id, data))
+    user_id: UserId, data: UserUpdate, caller: CurrentCaller, users: UsersService
+) -> Response:
+    return Response(await users.update(caller, user_id, data), media_type="application/json")
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-async def delete_user(user_id: UserId, users: Users, caller: CurrentUser) -> Response:
+async def delete_user(user_id: UserId, caller: CurrentCaller, users: UsersService) -> Response:
     await users.delete(caller, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 # ---------------------------------------------------------------------- bulk (admin only)
-bulk = APIRouter(prefix="/users/bulk", tags=["users: bulk"], responses=COMMON_RESPONSES)
+bulk = APIRouter(
+    prefix="/users/bulk",
+    tags=["users: bulk"],
+    responses=COMMON_RESPONSES,
+    dependency_overrides_provider=OVERRIDES,
+)
 
 
 @bulk.post(
@@ -103,7 +115,7 @@ bulk = APIRouter(prefix="/users/bulk", tags=["users: bulk"], responses=COMMON_RE
     response_model=BulkCreated,
     responses={**ERRORS, 409: {"model": BulkConflict}},
 )
-async def bulk_create(data: BulkUserCreate, users: Users, _admin: CurrentAdmin) -> BulkCreated:
+async def bulk_create(data: BulkUserCreate, _admin: CurrentAdmin, users: Bulk) -> BulkCreated:
     outcome = await users.bulk_create(data)
     return BulkCreated(
         created=[UserPrivate.model_validate(u) for u in outcome.created], skipped=outcome.skipped
@@ -111,10 +123,10 @@ async def bulk_create(data: BulkUserCreate, users: Users, _admin: CurrentAdmin) 
 
 
 @bulk.patch("", response_model=BulkUpdated, responses=ERRORS)
-async def bulk_update(data: BulkUserUpdate, users: Users, _admin: CurrentAdmin) -> BulkUpdated:
+async def bulk_update(data: BulkUserUpdate, _admin: CurrentAdmin, users: Bulk) -> BulkUpdated:
     return BulkUpdated(updated=await users.bulk_set_active(data.ids, data.values.is_active))
 
 
 @bulk.delete("", response_model=BulkDeleted, responses=ERRORS)
-async def bulk_delete(data: BulkUserDelete, users: Users, _admin: CurrentAdmin) -> BulkDeleted:
+async def bulk_delete(data: BulkUserDelete, _admin: CurrentAdmin, users: Bulk) -> BulkDeleted:
     return BulkDeleted(deleted=await users.bulk_delete(data.ids))
