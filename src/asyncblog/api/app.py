@@ -11,7 +11,6 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.routing import BaseRoute
 
 from asyncblog import __version__
@@ -21,10 +20,13 @@ from asyncblog.api.responses import COMMON_RESPONSES
 from asyncblog.api.routers import auth, health, money, posts, users
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings, load_settings
+from asyncblog.db.errors import DATABASE_ERRORS
 from asyncblog.errors import ServiceError
 from asyncblog.services.users import Users
 
 logger = logging.getLogger("asyncblog")
+
+FIRST_ADMIN_FAILURES: tuple[type[Exception], ...] = (ServiceError, *DATABASE_ERRORS)
 
 TELEMETRY_OFF: TelemetryConfig = {
     "tracing": False,
@@ -48,7 +50,7 @@ async def create_first_admin(state: AppState) -> None:
         problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
         logger.error("FIRST_ADMIN_* is not a valid user, no admin created: %s", problems)
         return
-    except (SQLAlchemyError, OSError, ServiceError) as exc:
+    except FIRST_ADMIN_FAILURES as exc:
         # The service starts anyway (and answers 503 until the database is back); the admin
         # is created at the next start, or with `asyncblog create-admin`.
         logger.warning("could not create the first admin now: %s", type(exc).__name__)

@@ -10,9 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 
-from asyncblog.db.errors import translate
+from asyncblog.db.errors import DATABASE_ERRORS, translate
 from asyncblog.errors import Busy, ServiceError, Unavailable
 
 logger = logging.getLogger("asyncblog.error")
@@ -82,6 +81,5 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServiceError, service_error)
-    # SQLAlchemy's errors, and what a driver raises while connecting (refused, timed out)
-    for failure in (sa_exc.SQLAlchemyError, OSError, TimeoutError):
+    for failure in DATABASE_ERRORS:
         app.add_exception_handler(failure, database_error)

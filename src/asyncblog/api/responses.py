@@ -1,27 +1,10 @@
-"""Rendering views straight to JSON bytes with pydantic (one pass, no intermediate dict)."""
+"""The error answers every route may give, for the OpenAPI description."""
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
-
-from fastapi import Response
-from pydantic import TypeAdapter
+from typing import Any
 
 from asyncblog.schemas import Detail, ErrorDetail
-
-T = TypeVar("T")
-
-
-class View(Generic[T]):
-    """A response view: validates ORM objects by attribute and dumps JSON bytes."""
-
-    def __init__(self, type_: type[T] | Any) -> None:
-        self.adapter: TypeAdapter[T] = TypeAdapter(type_)
-
-    def render(self, obj: Any, status_code: int = 200) -> Response:
-        value = self.adapter.validate_python(obj, from_attributes=True)
-        return Response(self.adapter.dump_json(value), status_code, media_type="application/json")
-
 
 Responses = dict[int | str, dict[str, Any]]
 

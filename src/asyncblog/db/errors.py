@@ -127,6 +127,10 @@ def violated_constraint(orig: BaseException) -> str:
 
 SCHEMA_MISSING = "The database has no schema yet; run `asyncblog migrate`"
 
+# What a database failure can surface as above this package, untranslated: SQLAlchemy's errors
+# (the ORM session of the bulk operations), and what a driver raises while connecting.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.SQLAlchemyError, OSError, TimeoutError)
+
 
 def translate(exc: BaseException) -> ServiceError | None:
     """The service error for a database failure, or None when it is not one (a bug)."""

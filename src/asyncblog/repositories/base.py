@@ -1,4 +1,5 @@
-"""A generic async repository: one model's rows, by id, in pages, and in bulk.
+"""A generic ORM repository, for what is still written with an ORM session (the admin's bulk
+operations; the command line's seeding), and `valid_id`.
 
 Repositories never commit: the caller (a service) owns the transaction. Bulk operations are
 set-based: one INSERT for many rows (SQLAlchemy's "insertmanyvalues" batches them with RETURNING),
@@ -15,15 +16,11 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Executable,
-    Select,
     delete,
-    func,
     insert,
-    select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.interfaces import ORMOption
 
 from asyncblog.models import MAX_ID, Base
 
@@ -45,52 +42,11 @@ class Repository(Generic[ModelT]):
     def _id(self) -> Any:
         return self.model.id
 
-    def _select(self) -> Select[Any]:
-        return select(self.model)
-
-    async def get(self, id_: int, *, options: Sequence[ORMOption] = ()) -> ModelT | None:
-        if not valid_id(id_):
-            return None
-        stmt = self._select().where(self._id == id_).options(*options)
-        result = await self.session.execute(stmt)
-        return cast(ModelT | None, result.scalar_one_or_none())
-
-    async def list(
-        self,
-        *,
-        skip: int = 0,
-        limit: int = 100,
-        after_id: int | None = None,
-        where: Iterable[ColumnElement[bool]] = (),
-        options: Sequence[ORMOption] = (),
-    ) -> Sequence[ModelT]:
-        """A page ordered by id: `after_id` is keyset pagination, `skip` an offset after it."""
-        stmt = self._select().where(*where).options(*options).order_by(self._id)
-        if after_id is not None:
-            stmt = stmt.where(self._id > after_id)
-        if skip:
-            stmt = stmt.offset(skip)
-        result = await self.session.execute(stmt.limit(limit))
-        return cast(Sequence[ModelT], result.scalars().all())
-
-    async def count(self, *where: ColumnElement[bool]) -> int:
-        stmt = select(func.count()).select_from(self.model).where(*where)
-        return int(await self.session.scalar(stmt) or 0)
-
     async def create(self, **values: Any) -> ModelT:
         obj = cast(ModelT, self.model(**values))
         self.session.add(obj)
         await self.session.flush()
         return obj
-
-    async def update(self, obj: ModelT, **values: Any) -> ModelT:
-        for key, value in values.items():
-            setattr(obj, key, value)
-        await self.session.flush()
-        return obj
-
-    async def delete(self, id_: int) -> bool:
-        return await self.bulk_delete([id_]) == 1
 
     async def bulk_create(self, rows: Sequence[Mapping[str, Any]]) -> builtins.list[ModelT]:
         """Insert many rows in set-based statements; returns them in the order given."""
