@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 
-from asyncblog.api.deps import Auth
+from asyncblog.api.deps import auth_of
 from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.schemas import Token
@@ -23,8 +23,7 @@ router = APIRouter(
     response_model=Token,
     responses=errors(400, 401, 429),
 )
-async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: Auth, request: Request
-) -> Token:
+async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request) -> Token:
     client = request.client.host if request.client else None
-    return Token(access_token=await auth.login(form.username, form.password, client))
+    token = await auth_of(request).login(form.username, form.password, client)
+    return Token(access_token=token)

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Response, status
+from fastapi import APIRouter, Header, Path, Request, Response, status
 
-from asyncblog.api.deps import Claims, CurrentAdmin, CurrentCaller, PageParams, Transfers
+from asyncblog.api.deps import Claims, CurrentAdmin, CurrentCaller, PageParams, transfers_of
 from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.schemas import Deposit, TransferCreate, TransferView
@@ -27,20 +27,22 @@ UNAUTHORIZED = errors(401)
 )
 async def transfer(
     data: TransferCreate,
-    transfers: Transfers,
+    request: Request,
     claims: Claims,
     idempotency_key: Annotated[
         str | None,
         Header(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"),
     ] = None,
 ) -> Response:
+    transfers = transfers_of(request)
     result = await transfers.transfer(claims, data, idempotency_key)
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return Response(result.view, 201, headers=headers, media_type="application/json")
 
 
 @router.get("/transfers", response_model=list[TransferView], responses=UNAUTHORIZED)
-async def my_transfers(page: PageParams, transfers: Transfers, caller: CurrentCaller) -> Response:
+async def my_transfers(page: PageParams, request: Request, caller: CurrentCaller) -> Response:
+    transfers = transfers_of(request)
     body = await transfers.history(
         caller.id, skip=page.skip, limit=page.limit, after_id=page.after_id
     )
@@ -55,8 +57,7 @@ async def my_transfers(page: PageParams, transfers: Transfers, caller: CurrentCa
     tags=["admin"],
 )
 async def deposit(
-    user_id: Annotated[int, Path()], data: Deposit, transfers: Transfers, _admin: CurrentAdmin
+    user_id: Annotated[int, Path()], data: Deposit, _admin: CurrentAdmin, request: Request
 ) -> Response:
-    return Response(
-        await transfers.deposit(user_id, data.amount), 201, media_type="application/json"
-    )
+    view = await transfers_of(request).deposit(user_id, data.amount)
+    return Response(view, 201, media_type="application/json")

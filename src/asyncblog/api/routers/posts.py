@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from asyncblog.api.deps import Claims, CurrentCaller, PageParams, PostsService
+from asyncblog.api.deps import Claims, CurrentCaller, PageParams, posts_of
 from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES, errors
 from asyncblog.db.types import MAX_ID
@@ -23,16 +23,18 @@ NOT_FOUND = errors(404)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PostView, responses=ERRORS)
-async def create_post(data: PostCreate, posts: PostsService, claims: Claims) -> Response:
+async def create_post(data: PostCreate, request: Request, claims: Claims) -> Response:
+    posts = posts_of(request)
     return Response(await posts.create(claims, data), 201, media_type="application/json")
 
 
 @router.get("", response_model=list[PostView])
 async def list_posts(
     page: PageParams,
-    posts: PostsService,
+    request: Request,
     author_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> Response:
+    posts = posts_of(request)
     body = await posts.page(
         author_id=author_id, skip=page.skip, limit=page.limit, after_id=page.after_id
     )
@@ -40,18 +42,21 @@ async def list_posts(
 
 
 @router.get("/{post_id}", response_model=PostWithAuthor, responses=NOT_FOUND)
-async def get_post(post_id: PostId, posts: PostsService) -> Response:
+async def get_post(post_id: PostId, request: Request) -> Response:
+    posts = posts_of(request)
     return Response(await posts.get(post_id), media_type="application/json")
 
 
 @router.patch("/{post_id}", response_model=PostView, responses=ERRORS)
 async def update_post(
-    post_id: PostId, data: PostUpdate, caller: CurrentCaller, posts: PostsService
+    post_id: PostId, data: PostUpdate, caller: CurrentCaller, request: Request
 ) -> Response:
+    posts = posts_of(request)
     return Response(await posts.update(caller, post_id, data), media_type="application/json")
 
 
 @router.delete("/{post_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-async def delete_post(post_id: PostId, caller: CurrentCaller, posts: PostsService) -> Response:
+async def delete_post(post_id: PostId, caller: CurrentCaller, request: Request) -> Response:
+    posts = posts_of(request)
     await posts.delete(caller, post_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

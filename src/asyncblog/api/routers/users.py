@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 
 from asyncblog.api.deps import (
     Bulk,
@@ -11,7 +11,7 @@ from asyncblog.api.deps import (
     CurrentCaller,
     OptionalUser,
     PageParams,
-    UsersService,
+    users_of,
 )
 from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES, errors
@@ -52,7 +52,8 @@ UNAUTHORIZED = errors(401)
     response_model=UserPrivate,
     responses=CONFLICT,
 )
-async def register(data: UserCreate, users: UsersService) -> Response:
+async def register(data: UserCreate, request: Request) -> Response:
+    users = users_of(request)
     return Response(await users.register(data), 201, media_type="application/json")
 
 
@@ -62,18 +63,21 @@ async def register(data: UserCreate, users: UsersService) -> Response:
     responses=UNAUTHORIZED,
     description="Public views; private views when the caller is an admin.",
 )
-async def list_users(page: PageParams, users: UsersService, caller: OptionalUser) -> Response:
+async def list_users(page: PageParams, request: Request, caller: OptionalUser) -> Response:
+    users = users_of(request)
     body = await users.page(skip=page.skip, limit=page.limit, after_id=page.after_id, caller=caller)
     return Response(body, media_type="application/json")
 
 
 @router.get("/count", response_model=Count)
-async def count_users(users: UsersService) -> Count:
+async def count_users(request: Request) -> Count:
+    users = users_of(request)
     return Count(count=await users.count())
 
 
 @router.get("/me", response_model=UserPrivate, responses=ERRORS)
-async def me(users: UsersService, claims: Claims) -> Response:
+async def me(request: Request, claims: Claims) -> Response:
+    users = users_of(request)
     return Response(await users.me(claims), media_type="application/json")
 
 
@@ -83,19 +87,22 @@ async def me(users: UsersService, claims: Claims) -> Response:
     responses={**NOT_FOUND, **UNAUTHORIZED},
     description="The private view when the caller is that user or an admin.",
 )
-async def get_user(user_id: UserId, users: UsersService, caller: OptionalUser) -> Response:
+async def get_user(user_id: UserId, request: Request, caller: OptionalUser) -> Response:
+    users = users_of(request)
     return Response(await users.document(user_id, caller), media_type="application/json")
 
 
 @router.patch("/{user_id}", response_model=UserPrivate, responses={**ERRORS, **CONFLICT})
 async def update_user(
-    user_id: UserId, data: UserUpdate, caller: CurrentCaller, users: UsersService
+    user_id: UserId, data: UserUpdate, caller: CurrentCaller, request: Request
 ) -> Response:
+    users = users_of(request)
     return Response(await users.update(caller, user_id, data), media_type="application/json")
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-async def delete_user(user_id: UserId, caller: CurrentCaller, users: UsersService) -> Response:
+async def delete_user(user_id: UserId, caller: CurrentCaller, request: Request) -> Response:
+    users = users_of(request)
     await users.delete(caller, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
