@@ -185,10 +185,15 @@ async def user_count(link: Reader) -> int:
 _PRIVATE_FIELDS = list(UserPrivate.model_fields)
 
 
-def _private_returning(stmt: Any, as_json: bool) -> Any:
+def _private_columns(as_json: bool) -> list[Any]:
+    """The private view of a users row: its JSON (PostgreSQL, SQLite), or its columns."""
     if as_json:
-        return stmt.returning(json_text(json_view(UserPrivate, columns_of(UserPrivate, _users))))
-    return stmt.returning(*[_users.c[name] for name in _PRIVATE_FIELDS])
+        return [json_text(json_view(UserPrivate, columns_of(UserPrivate, _users)))]
+    return [_users.c[name] for name in _PRIVATE_FIELDS]
+
+
+def _private_returning(stmt: Any, as_json: bool) -> Any:
+    return stmt.returning(*_private_columns(as_json))
 
 
 def _register(as_json: bool) -> Statement:
@@ -244,12 +249,7 @@ def _me(as_json: bool) -> Statement:
     """The private view of the token's user while it is active and the token's stamp holds."""
 
     def build() -> Any:
-        columns: list[Any]
-        if as_json:
-            columns = [json_text(json_view(UserPrivate, columns_of(UserPrivate, _users)))]
-        else:
-            columns = [_users.c[name] for name in _PRIVATE_FIELDS]
-        return select(*columns).where(
+        return select(*_private_columns(as_json)).where(
             _users.c.id == bindparam("user_id", type_=Integer),
             _users.c.is_active == true(),
             password_stamp(_users.c.hashed_password) == bindparam("stamp", type_=String),
@@ -268,12 +268,9 @@ async def me(link: Reader, *, user_id: int, stamp: str) -> bytes | None:
 
 def _private_by_id(as_json: bool) -> Statement:
     def build() -> Any:
-        columns: list[Any]
-        if as_json:
-            columns = [json_text(json_view(UserPrivate, columns_of(UserPrivate, _users)))]
-        else:
-            columns = [_users.c[name] for name in _PRIVATE_FIELDS]
-        return select(*columns).where(_users.c.id == bindparam("user_id", type_=Integer))
+        return select(*_private_columns(as_json)).where(
+            _users.c.id == bindparam("user_id", type_=Integer)
+        )
 
     return Statement(build)
 
