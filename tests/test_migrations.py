@@ -261,6 +261,33 @@ async def test_one_step_down_and_back_keeps_rows_and_constraints(migrated_db: UR
         assert await post_titles(engine) == ["written at 0001"]
 
 
+async def test_versions_come_to_rows_that_exist_and_go_back(empty_db: URL) -> None:
+    """0004 on a database holding data: every existing user and post gets version 1; going
+    back removes the columns and keeps the rows."""
+    await upgrade(empty_db, "0003")
+    async with engine_for(empty_db) as engine:
+        user_id = await insert_user(engine, "Olga")
+        await insert_post(engine, user_id, "older than versions")
+
+    await upgrade(empty_db, "0004")
+    async with engine_for(empty_db) as engine, engine.connect() as conn:
+        for table in ("users", "posts"):
+            versions = (await conn.execute(text(f"SELECT version FROM {table}"))).scalars().all()
+            assert versions == [1], table
+    async with engine_for(empty_db) as engine:  # a new row starts at 1 too
+        assert await insert_user(engine, "Pavel") > user_id
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT MAX(version) FROM users")) == 1
+
+    await downgrade(empty_db, "0003")
+    for table in ("users", "posts"):
+        assert "version" not in await column_names(empty_db, table)
+    async with engine_for(empty_db) as engine:
+        assert await post_titles(engine) == ["older than versions"]
+    await upgrade(empty_db)
+    assert await schema_differences(empty_db) == []
+
+
 # ---------------------------------------------------------------------------- constraints
 
 

@@ -153,7 +153,7 @@ def create_admin(
         state = AppState.build(settings)
         try:
             view = await Users(state.db, state.hasher).register(data, is_admin=True)
-            user_id: int = json.loads(view)["id"]
+            user_id: int = json.loads(view.body)["id"]
             return user_id
         finally:
             await state.db.dispose()

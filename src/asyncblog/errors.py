@@ -37,6 +37,15 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class PreconditionFailed(ServiceError):
+    """If-Match named a version the row no longer has: nothing was changed."""
+
+    status_code = 412
+
+    def __init__(self) -> None:
+        super().__init__("The resource was changed by someone else; reload it")
+
+
 class Invalid(ServiceError):
     """A request that validates field by field but not as a whole (a transfer to oneself)."""
 

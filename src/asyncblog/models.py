@@ -62,6 +62,13 @@ class TimestampMixin:
     )
 
 
+def version_column() -> Mapped[int]:
+    """`version`: 1 for a new row, one more with every change of it (the ETag of its views).
+    The ORM bumps it through the mapper's `version_id_col`; every Core UPDATE of the data path
+    says `version = version + 1` itself."""
+    return mapped_column(server_default="1")
+
+
 class User(TimestampMixin, Base):
     __tablename__ = "users"
     __table_args__ = (
@@ -69,7 +76,6 @@ class User(TimestampMixin, Base):
         UniqueConstraint("email"),
         CheckConstraint("balance >= 0", name="balance_not_negative"),
     )
-    __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(UsernameType)
@@ -78,6 +84,8 @@ class User(TimestampMixin, Base):
     is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
     is_admin: Mapped[bool] = mapped_column(default=False, server_default=false())
     balance: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"), server_default="0")
+    version: Mapped[int] = version_column()
+    __mapper_args__ = {"eager_defaults": True, "version_id_col": version}
 
     posts: Mapped[list[Post]] = relationship(
         back_populates="author",
@@ -94,12 +102,13 @@ class Post(TimestampMixin, Base):
     __tablename__ = "posts"
     # An author's posts in id order (the embedded first posts, pages by author); serves the FK.
     __table_args__ = (Index("ix_posts_author_id_id", "author_id", "id"),)
-    __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(TITLE_MAX))
     content: Mapped[str] = mapped_column(ContentType)
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    version: Mapped[int] = version_column()
+    __mapper_args__ = {"eager_defaults": True, "version_id_col": version}
 
     author: Mapped[User] = relationship(back_populates="posts", lazy="raise")
 

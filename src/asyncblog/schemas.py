@@ -111,6 +111,7 @@ class UserPrivate(UserPublic):
     email: str
     balance: Decimal
     is_admin: bool
+    version: int
 
 
 class PostView(ORMView):
@@ -120,6 +121,7 @@ class PostView(ORMView):
     author_id: int
     created_at: Timestamp
     updated_at: Timestamp
+    version: int
 
 
 # GET /users/{id} embeds the user's first posts, so its answer stays bounded however many the
@@ -179,6 +181,7 @@ class BulkUpdated(BaseModel):
 
 class BulkDeleted(BaseModel):
     deleted: int
+    refused: list[int]  # ids of users that hold money: not deleted
 
 
 # --------------------------------------------------------------------------- posts

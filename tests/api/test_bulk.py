@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from tests.fixtures.app import Api
+from tests.fixtures.contract import PRIVATE_KEYS
 
-PUBLIC_KEYS = {"id", "username", "is_active", "created_at"}
-PRIVATE_KEYS = PUBLIC_KEYS | {"email", "balance", "is_admin"}
 PASSWORD = "password123"
 
 
@@ -357,7 +356,7 @@ async def test_bulk_delete(api: Api) -> None:
 
     response = await bulk_delete(api, [a["id"], b["id"], c["id"] + 1000], headers)
     assert response.status_code == 200, response.text
-    assert response.json() == {"deleted": 2}
+    assert response.json() == {"deleted": 2, "refused": []}
     assert await count(api) == before - 2
 
     for user, post in ((a, a_post), (b, b_post)):
@@ -379,7 +378,7 @@ async def test_bulk_delete(api: Api) -> None:
     # deleting them again deletes nothing
     response = await bulk_delete(api, [a["id"], b["id"]], headers)
     assert response.status_code == 200
-    assert response.json() == {"deleted": 0}
+    assert response.json() == {"deleted": 0, "refused": []}
 
 
 async def test_bulk_delete_repeated_id_counts_once(api: Api) -> None:
@@ -387,8 +386,31 @@ async def test_bulk_delete_repeated_id_counts_once(api: Api) -> None:
     _, headers = await api.admin()
     response = await bulk_delete(api, [a["id"], a["id"]], headers)
     assert response.status_code == 200, response.text
-    assert response.json() == {"deleted": 1}
+    assert response.json() == {"deleted": 1, "refused": []}
     assert await count(api) == 1
+
+
+async def test_bulk_delete_refuses_users_holding_money_and_deletes_the_rest(api: Api) -> None:
+    _, headers = await api.admin()
+    rich, rich_headers = await api.user()
+    poor, _ = await api.user()
+    spent, spent_headers = await api.user()
+    await api.deposit(headers, rich["id"], "10.00")
+    await api.deposit(headers, spent["id"], "5.00")
+    paid = await api.client.post(
+        "/transfers", json={"to_user_id": rich["id"], "amount": "5.00"}, headers=spent_headers
+    )
+    assert paid.status_code == 201, paid.text
+
+    response = await bulk_delete(api, [spent["id"], rich["id"], poor["id"], 10**6], headers)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"deleted": 2, "refused": [rich["id"]]}
+    me = await api.client.get("/users/me", headers=rich_headers)
+    assert me.status_code == 200 and me.json()["balance"] == "15.00"
+    for gone in (poor, spent):
+        assert (await api.client.get(f"/users/{gone['id']}")).status_code == 404
+    assert await count(api) == 2  # the admin and the one holding money
 
 
 @pytest.mark.parametrize("ids", [[], [0], [-1], ["x"], None])

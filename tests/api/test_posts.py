@@ -13,10 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.fixtures.app import Api
-
-POST_KEYS = {"id", "title", "content", "author_id", "created_at", "updated_at"}
-PUBLIC_USER_KEYS = {"id", "username", "is_active", "created_at"}
-
+from tests.fixtures.contract import POST_KEYS, PUBLIC_USER_KEYS
 
 # ---------------------------------------------------------------------------- helpers
 

@@ -11,10 +11,8 @@ import pytest
 from sqlalchemy import text
 
 from tests.fixtures.app import Api
+from tests.fixtures.contract import POST_KEYS, PRIVATE_KEYS, PUBLIC_KEYS
 
-PUBLIC_KEYS = {"id", "username", "is_active", "created_at"}
-PRIVATE_KEYS = PUBLIC_KEYS | {"email", "balance", "is_admin"}
-POST_KEYS = {"id", "title", "content", "author_id", "created_at", "updated_at"}
 PASSWORD = "password123"
 
 

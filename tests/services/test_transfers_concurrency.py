@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import func, select
 
 from asyncblog.api.state import AppState
-from asyncblog.models import Transfer
+from asyncblog.models import Transfer, User
 from tests.api.test_money import assert_ledger_invariants, ledger_mismatches, ledger_rows
 from tests.fixtures.app import Api
 
@@ -261,3 +261,108 @@ async def test_concurrent_reuse_of_a_key_with_two_bodies_keeps_one(live_api: Api
     assert report.rows[sender.id].balance == Decimal("90.00")
     assert report.rows[winner_to].balance == Decimal("110.00")
     assert report.transfer_rows == 1
+
+
+async def test_money_edits_and_deletions_at_once_keep_every_invariant(live_api: Api) -> None:
+    """The Jepsen-style run with the rest of what changes a user at the same time: transfers,
+    deposits, PATCHes with If-Match, and deletions of users who emptied their balance (one of
+    them racing a payment into it). The ledger invariants hold at every sampled moment and at
+    the end, no deleted user took money with it, and every surviving row's version counts
+    exactly the changes made to it."""
+    rng = random.Random(SEED + 1)
+    admin, users = await members(live_api, 8, "20.00")
+    leavers, stayers = users[:3], users[3:]
+    seen_versions = {
+        u.id: (await live_api.client.get("/users/me", headers=u.headers)).json()["version"]
+        for u in users
+    }
+    calls: list[Callable[[], Awaitable[httpx.Response]]] = []
+    kinds: list[tuple[str, Member]] = []
+
+    def add(kind: str, who: Member, call: Callable[[], Awaitable[httpx.Response]]) -> None:
+        kinds.append((kind, who))
+        calls.append(call)
+
+    for leaver in leavers:  # a leaver sends all it has away first
+        for _ in range(4):
+            add("pay", leaver, transfer_call(live_api, leaver, rng.choice(stayers), Decimal(5)))
+    for i in range(120):
+        a, b = rng.sample(stayers, 2)
+        add("pay", a, transfer_call(live_api, a, b, Decimal(rng.randint(1, 900)).scaleb(-2)))
+        if i % 12 == 0:
+            to = rng.choice(stayers)
+            add(
+                "deposit",
+                to,
+                lambda to=to: live_api.client.post(
+                    f"/admin/users/{to.id}/deposit", json={"amount": "1.00"}, headers=admin
+                ),
+            )
+        if i % 9 == 0:  # an edit with the version seen at the start: only the first can hold
+            who = rng.choice(stayers)
+            add(
+                "edit",
+                who,
+                lambda who=who, i=i: live_api.client.patch(
+                    f"/users/{who.id}",
+                    json={"username": f"edited_{who.id}_{i}"},
+                    headers=who.headers | {"If-Match": f'"{seen_versions[who.id]}"'},
+                ),
+            )
+    for leaver in leavers:
+        add(
+            "delete",
+            leaver,
+            lambda leaver=leaver: live_api.client.delete(
+                f"/users/{leaver.id}", headers=leaver.headers
+            ),
+        )
+    add("pay in", leavers[0], transfer_call(live_api, stayers[0], leavers[0], Decimal("0.01")))
+
+    async with watching_invariants(live_api.state) as snapshots:
+        responses = await bounded(calls)
+    assert len(snapshots) > 1, "the invariants were sampled only once while the run went on"
+
+    allowed = {
+        "pay": {201, 409},
+        "deposit": {201},
+        "edit": {200, 412},
+        "delete": {204, 409},
+        "pay in": {201, 404},
+    }
+    for (kind, who), response in zip(kinds, responses, strict=True):
+        assert response.status_code in allowed[kind], (kind, who.id, response.text)
+    deleted = {
+        who.id for (kind, who), r in zip(kinds, responses, strict=True) if r.status_code == 204
+    }
+    assert len(deleted) >= 2, "the leavers that only paid out must have been deleted"
+
+    report = await assert_ledger_invariants(live_api.state)
+    assert report.total_balances == report.total_deposits
+    for user_id in deleted:
+        assert user_id not in report.rows
+        assert (await live_api.client.get(f"/users/{user_id}")).status_code == 404
+    # versions: 1 + every ledger row that moved the user's balance + every edit that was made
+    edits = Counter(
+        who.id
+        for (kind, who), r in zip(kinds, responses, strict=True)
+        if kind == "edit" and r.status_code == 200
+    )
+    assert all(n == 1 for n in edits.values()), edits  # one If-Match, one edit at most
+    async with live_api.state.db.session() as session:
+        moves = dict(
+            (
+                await session.execute(
+                    select(User.id, func.count(Transfer.id))
+                    .join(
+                        Transfer,
+                        (Transfer.to_user_id == User.id) | (Transfer.from_user_id == User.id),
+                    )
+                    .group_by(User.id)
+                )
+            ).all()
+        )
+        versions = dict((await session.execute(select(User.id, User.version))).all())
+    for user in users:
+        if user.id not in deleted:
+            assert versions[user.id] == 1 + moves.get(user.id, 0) + edits[user.id], user.id

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
 from asyncblog.api.state import AppState
 from asyncblog.db.types import MAX_ID
-from asyncblog.errors import Forbidden
+from asyncblog.errors import BadRequest, Forbidden
 from asyncblog.security import AccessClaims
 from asyncblog.services.auth import AuthService, Caller, caller_of
 from asyncblog.services.posts import Posts
@@ -157,3 +157,32 @@ async def page_params(
 
 
 PageParams = Annotated[Page, Depends(page_params)]
+
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description='Change the row only while it has this version: `"<version>"` (the ETag '
+        "of its last answer; the quotes may be left out), or `*` for any version.",
+    ),
+]
+# Versions start at 1: an If-Match naming something that is not one of our versions (a weak tag,
+# not a number) can match no row.
+NO_VERSION = 0
+
+
+def expected_version(if_match: str | None) -> int | None:
+    """The version an If-Match header asks for; None when absent or `*` (any existing row)."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    versions = {_version_of(tag.strip()) for tag in if_match.split(",") if tag.strip()}
+    if len(versions) > 1:
+        raise BadRequest("If-Match may name one version only")
+    return versions.pop() if versions else NO_VERSION
+
+
+def _version_of(tag: str) -> int:
+    text = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else tag
+    if not (text.isascii() and text.isdigit() and len(text) <= 10):
+        return NO_VERSION
+    return int(text) if int(text) <= MAX_ID else NO_VERSION

@@ -19,7 +19,7 @@ import hashlib
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Numeric, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Numeric, String, Text
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
@@ -170,3 +170,36 @@ def sha256_stamp(hashed_password: str | None) -> str | None:
     if hashed_password is None:
         return None
     return hashlib.sha256(hashed_password.encode()).hexdigest()[:16]
+
+
+class differs(expression.FunctionElement[bool]):
+    """`differs(a, b)`: the two texts are not the same byte for byte, whatever the columns'
+    collations say (a username's case-insensitive collation calls "Ann" and "ann" equal, but a
+    change from one to the other is a change of the row). Both sides are NOT NULL."""
+
+    type = Boolean()
+    inherit_cache = True
+
+
+def _sides(element: differs, compiler: SQLCompiler, **kw: Any) -> tuple[str, str]:
+    a, b = element.clauses.clauses
+    return compiler.process(a, **kw), compiler.process(b, **kw)
+
+
+@compiles(differs, "postgresql")
+def _differs_pg(element: differs, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _sides(element, compiler, **kw)
+    return f'(({a}) COLLATE "C" <> ({b}) COLLATE "C")'
+
+
+@compiles(differs, "mysql")
+@compiles(differs, "mariadb")
+def _differs_mysql(element: differs, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _sides(element, compiler, **kw)
+    return f"(CAST({a} AS BINARY) <> CAST({b} AS BINARY))"
+
+
+@compiles(differs, "sqlite")
+def _differs_sqlite(element: differs, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _sides(element, compiler, **kw)
+    return f"(({a}) <> ({b}) COLLATE BINARY)"

@@ -16,12 +16,19 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Executable,
-    delete,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    case,
+    func,
     insert,
+    or_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from asyncblog.db.types import differs, utcnow
 from asyncblog.models import MAX_ID, Base
 
 ModelT = TypeVar("ModelT", bound=Base)
@@ -62,10 +69,6 @@ class Repository(Generic[ModelT]):
             ids, lambda wanted: update(self.model).where(wanted).values(**values)
         )
 
-    async def bulk_delete(self, ids: Iterable[int]) -> int:
-        """One DELETE for all `ids`; returns how many rows went."""
-        return await self._for_ids(ids, lambda wanted: delete(self.model).where(wanted))
-
     async def _for_ids(
         self, ids: Iterable[int], statement: Callable[[ColumnElement[bool]], Executable]
     ) -> int:
@@ -81,3 +84,43 @@ class Repository(Generic[ModelT]):
             ),
         )
         return int(result.rowcount)
+
+
+def version_matches(table: Table) -> ColumnElement[bool]:
+    """For a conditional UPDATE: the row has the `expected` version (If-Match), or any version
+    when that parameter is NULL. Check and write are then one statement."""
+    expected = bindparam("expected", type_=Integer)
+    return table.c.version == func.coalesce(expected, table.c.version)
+
+
+def touched(table: Table, changed: ColumnElement[bool] | None = None) -> dict[str, Any]:
+    """What every UPDATE of a row sets besides its change: the time of the change and the next
+    version (a write that forgets it would let a stale If-Match through). With `changed`, only
+    when it holds: a PATCH to the values the row has already changes nothing.
+
+    Put these first in the SET list (`ordered_values`): MariaDB evaluates assignments left to
+    right, each seeing the columns assigned before it, so `changed` must see the old row."""
+    if changed is None:
+        return {"updated_at": utcnow(), "version": table.c.version + 1}
+    return {
+        "updated_at": case((changed, utcnow()), else_=table.c.updated_at),
+        "version": table.c.version + case((changed, 1), else_=0),
+    }
+
+
+def changes_of(table: Table, params: dict[str, Any]) -> tuple[dict[str, Any], ColumnElement[bool]]:
+    """A partial update: `{column: coalesce(:param, column)}` (a NULL parameter keeps the
+    column) and whether any column would get another value (texts compared byte for byte)."""
+    values = {
+        name: func.coalesce(bindparam(name, type_=type_), table.c[name])
+        for name, type_ in params.items()
+    }
+    changed = or_(
+        *(
+            differs(value, table.c[name])
+            if isinstance(table.c[name].type, String)
+            else value != table.c[name]
+            for name, value in values.items()
+        )
+    )
+    return values, changed

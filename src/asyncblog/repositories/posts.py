@@ -12,7 +12,6 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
-    func,
     insert,
     select,
     true,
@@ -23,10 +22,17 @@ from sqlalchemy.sql import FromClause
 from asyncblog.db.database import Reader, Writer
 from asyncblog.db.json import json_text, json_view
 from asyncblog.db.statements import Statement
-from asyncblog.db.types import password_stamp, utcnow
+from asyncblog.db.types import password_stamp
 from asyncblog.models import Post, User
-from asyncblog.repositories.base import valid_id
-from asyncblog.repositories.views import Columns, ViewQuery, columns_of, dump, renders_json
+from asyncblog.repositories.base import changes_of, touched, valid_id, version_matches
+from asyncblog.repositories.views import (
+    Columns,
+    Versioned,
+    ViewQuery,
+    columns_of,
+    dump,
+    renders_json,
+)
 from asyncblog.schemas import PostView, PostWithAuthor, UserPublic
 
 _users = cast(Table, User.__table__)
@@ -35,6 +41,23 @@ _posts = cast(Table, Post.__table__)
 
 _POST_FIELDS = list(PostView.model_fields)
 _AUTHOR_FIELDS = list(UserPublic.model_fields)
+_VERSION_AT = _POST_FIELDS.index("version")
+
+
+def _view_columns(as_json: bool) -> list[Any]:
+    """A posts row's view: its JSON and its version (PostgreSQL, SQLite), or its columns."""
+    if as_json:
+        return [json_text(json_view(PostView, columns_of(PostView, _posts))), _posts.c.version]
+    return [_posts.c[name] for name in _POST_FIELDS]
+
+
+def _versioned(row: tuple[Any, ...] | None, as_json: bool) -> Versioned | None:
+    if row is None:
+        return None
+    if as_json:
+        return Versioned(str(row[0]).encode(), int(row[1]))
+    body = dump(PostView, dict(zip(_POST_FIELDS, row, strict=True)))
+    return Versioned(body, int(row[_VERSION_AT]))
 
 
 def _with_author() -> tuple[Select[Any], Callable[[FromClause], Columns]]:
@@ -107,9 +130,7 @@ def _create(as_json: bool) -> Statement:
             password_stamp(_users.c.hashed_password) == bindparam("stamp", type_=String),
         )
         stmt = insert(_posts).from_select(["title", "content", "author_id"], author)
-        if as_json:
-            return stmt.returning(json_text(json_view(PostView, columns_of(PostView, _posts))))
-        return stmt.returning(*[_posts.c[name] for name in _POST_FIELDS])
+        return stmt.returning(*_view_columns(as_json))
 
     return Statement(build)
 
@@ -136,17 +157,13 @@ async def post_page(
 
 async def create_post(
     link: Writer, *, author_id: int, stamp: str, title: str, content: str
-) -> bytes | None:
+) -> Versioned | None:
     """The new post's view, or None when the author may not write (see `_create`)."""
     as_json = renders_json(link)
     row = await link.row(
         _CREATE[as_json], author_id=author_id, stamp=stamp, title=title, content=content
     )
-    if row is None:
-        return None
-    if as_json:
-        return str(row[0]).encode()
-    return dump(PostView, dict(zip(_POST_FIELDS, row, strict=True)))
+    return _versioned(row, as_json)
 
 
 _AUTHOR_OF = Statement(
@@ -155,30 +172,33 @@ _AUTHOR_OF = Statement(
 
 
 def _edit() -> Any:
-    """Change a post of this author (a NULL parameter keeps the column)."""
+    """Change a post of this author (a NULL parameter keeps the column), only while it has the
+    `expected` version when one is given (If-Match): the check and the write in one statement."""
+    values, changed = changes_of(_posts, {"title": String, "content": String})
     return (
         update(_posts)
         .where(
             _posts.c.id == bindparam("post_id", type_=Integer),
             _posts.c.author_id == bindparam("author_id", type_=Integer),
+            version_matches(_posts),
         )
-        .values(
-            title=func.coalesce(bindparam("title", type_=String), _posts.c.title),
-            content=func.coalesce(bindparam("content", type_=String), _posts.c.content),
-            updated_at=utcnow(),
-        )
+        .ordered_values(*touched(_posts, changed).items(), *values.items())
     )
 
 
 _EDIT = Statement(_edit)
-_EDIT_RETURNING = Statement(
-    lambda: _edit().returning(json_text(json_view(PostView, columns_of(PostView, _posts))))
-)
-_POST_ROW = Statement(
-    lambda: select(*[_posts.c[name] for name in _POST_FIELDS]).where(
-        _posts.c.id == bindparam("post_id", type_=Integer)
+_EDIT_RETURNING = Statement(lambda: _edit().returning(*_view_columns(as_json=True)))
+
+
+def _by_id(as_json: bool) -> Statement:
+    return Statement(
+        lambda: select(*_view_columns(as_json)).where(
+            _posts.c.id == bindparam("post_id", type_=Integer)
+        )
     )
-)
+
+
+_POST_ROW = {True: _by_id(as_json=True), False: _by_id(as_json=False)}
 _DELETE = Statement(
     lambda: delete(_posts).where(_posts.c.id == bindparam("post_id", type_=Integer))
 )
@@ -191,21 +211,33 @@ async def author_of(link: Reader, post_id: int) -> int | None:
     return author
 
 
-async def post_view(link: Reader, post_id: int) -> bytes | None:
-    row = await link.row(_POST_ROW, post_id=post_id)
-    return dump(PostView, dict(zip(_POST_FIELDS, row, strict=True))) if row else None
+async def post_view(link: Reader, post_id: int) -> Versioned | None:
+    as_json = renders_json(link)
+    return _versioned(await link.row(_POST_ROW[as_json], post_id=post_id), as_json)
 
 
 async def edit_post(
-    link: Writer, *, post_id: int, author_id: int, title: str | None, content: str | None
-) -> bytes | None:
-    """The changed post's view; None when it is not this author's post (or not there)."""
+    link: Writer,
+    *,
+    post_id: int,
+    author_id: int,
+    title: str | None,
+    content: str | None,
+    expected: int | None = None,
+) -> Versioned | None:
+    """The changed post's view; None when it is not this author's post (or not there), or
+    not at the `expected` version."""
     if not valid_id(post_id):
         return None
-    params = {"post_id": post_id, "author_id": author_id, "title": title, "content": content}
+    params = {
+        "post_id": post_id,
+        "author_id": author_id,
+        "title": title,
+        "content": content,
+        "expected": expected,
+    }
     if renders_json(link):
-        view: str | None = await link.value(_EDIT_RETURNING, **params)
-        return view.encode() if view is not None else None
+        return _versioned(await link.row(_EDIT_RETURNING, **params), True)
     async with link.transaction():
         if await link.count(_EDIT, **params) == 0:
             return None

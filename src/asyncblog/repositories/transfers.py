@@ -23,9 +23,9 @@ from sqlalchemy import (
 from asyncblog.db.database import Reader, Writer
 from asyncblog.db.json import json_text, json_view
 from asyncblog.db.statements import Statement
-from asyncblog.db.types import Money, password_stamp, utcnow
+from asyncblog.db.types import Money, password_stamp
 from asyncblog.models import Transfer, User
-from asyncblog.repositories.base import valid_id
+from asyncblog.repositories.base import touched, valid_id
 from asyncblog.repositories.views import ViewQuery, columns_of, dump
 from asyncblog.schemas import TransferView
 
@@ -106,7 +106,7 @@ def _move() -> Any:
         .where(_users.c.id.in_([sender_id, to_id]), or_(~is_sender, _users.c.balance >= amount))
         .values(
             balance=case((is_sender, _users.c.balance - amount), else_=_users.c.balance + amount),
-            updated_at=utcnow(),
+            **touched(_users),
         )
     )
 
@@ -186,7 +186,7 @@ def _deposit_once() -> Any:
     credited = (
         update(_users)
         .where(_users.c.id == to_id)
-        .values(balance=_users.c.balance + amount, updated_at=utcnow())
+        .values(balance=_users.c.balance + amount, **touched(_users))
         .returning(_users.c.id)
         .cte("credited")
     )
@@ -204,7 +204,10 @@ _CREDIT = Statement(
     lambda: (
         update(_users)
         .where(_users.c.id == _p("to", Integer))
-        .values(balance=_users.c.balance + _p("amount", Money()), updated_at=utcnow())
+        .values(
+            balance=_users.c.balance + _p("amount", Money()),
+            **touched(_users),
+        )
     )
 )
 _DEPOSIT_ENTRY = Statement(

@@ -20,16 +20,24 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.sql import FromClause
 
 from asyncblog.db.database import Reader, Writer
 from asyncblog.db.json import json_list, json_text, json_view
 from asyncblog.db.statements import Statement
-from asyncblog.db.types import password_stamp, utcnow
+from asyncblog.db.types import password_stamp
 from asyncblog.models import Post, User
-from asyncblog.repositories.base import Repository, valid_id
+from asyncblog.repositories.base import (
+    Repository,
+    changes_of,
+    touched,
+    valid_id,
+    version_matches,
+)
 from asyncblog.repositories.views import (
     Columns,
+    Versioned,
     ViewQuery,
     as_dicts,
     columns_of,
@@ -67,6 +75,35 @@ class UserRepository(Repository[User]):
             taken_names.add(username.lower())
             taken_mails.add(email)
         return taken_names, taken_mails
+
+    async def delete_empty(self, ids: Iterable[int]) -> tuple[int, list[int]]:
+        """Delete the users among `ids` whose balance is 0.00; the others (holding money) are
+        refused. Their rows are locked first, in id order as a transfer locks them, so no
+        transfer can pay into a user between the check and the DELETE. Returns (how many were
+        deleted, the refused ids)."""
+        wanted = sorted({i for i in ids if valid_id(i)})
+        if not wanted:
+            return 0, []
+        rows = await self.session.execute(
+            select(User.id, User.balance)
+            .where(User.id.in_(wanted))
+            .order_by(User.id)
+            .with_for_update()
+        )
+        empty: list[int] = []
+        refused: list[int] = []
+        for user_id, balance in rows:
+            (refused if balance != 0 else empty).append(user_id)
+        if not empty:
+            return 0, refused
+        result = cast(
+            CursorResult[Any],
+            await self.session.execute(
+                delete(User).where(User.id.in_(empty), User.balance == 0),
+                execution_options={"synchronize_session": False},
+            ),
+        )
+        return int(result.rowcount), refused
 
 
 # --------------------------------------------------------------------------- the data path
@@ -185,10 +222,15 @@ async def user_count(link: Reader) -> int:
 _PRIVATE_FIELDS = list(UserPrivate.model_fields)
 
 
+_VERSION_AT = _PRIVATE_FIELDS.index("version")
+
+
 def _private_columns(as_json: bool) -> list[Any]:
-    """The private view of a users row: its JSON (PostgreSQL, SQLite), or its columns."""
+    """The private view of a users row: its JSON and its version (PostgreSQL, SQLite), or its
+    columns."""
     if as_json:
-        return [json_text(json_view(UserPrivate, columns_of(UserPrivate, _users)))]
+        view = json_text(json_view(UserPrivate, columns_of(UserPrivate, _users)))
+        return [view, _users.c.version]
     return [_users.c[name] for name in _PRIVATE_FIELDS]
 
 
@@ -212,17 +254,18 @@ def _register(as_json: bool) -> Statement:
 _REGISTER = {True: _register(as_json=True), False: _register(as_json=False)}
 
 
-def _private_view(row: tuple[Any, ...] | None, as_json: bool) -> bytes | None:
+def _private_view(row: tuple[Any, ...] | None, as_json: bool) -> Versioned | None:
     if row is None:
         return None
     if as_json:
-        return str(row[0]).encode()
-    return dump(UserPrivate, dict(zip(_PRIVATE_FIELDS, row, strict=True)))
+        return Versioned(str(row[0]).encode(), int(row[1]))
+    body = dump(UserPrivate, dict(zip(_PRIVATE_FIELDS, row, strict=True)))
+    return Versioned(body, int(row[_VERSION_AT]))
 
 
 async def register(
     link: Writer, *, username: str, email: str, hashed_password: str, is_admin: bool
-) -> bytes:
+) -> Versioned:
     """INSERT the user and return its private view; a taken name is UniqueViolation."""
     as_json = renders_json(link)
     row = await link.row(
@@ -261,7 +304,7 @@ def _me(as_json: bool) -> Statement:
 _ME = {True: _me(as_json=True), False: _me(as_json=False)}
 
 
-async def me(link: Reader, *, user_id: int, stamp: str) -> bytes | None:
+async def me(link: Reader, *, user_id: int, stamp: str) -> Versioned | None:
     as_json = renders_json(link)
     return _private_view(await link.row(_ME[as_json], user_id=user_id, stamp=stamp), as_json)
 
@@ -279,45 +322,53 @@ _PRIVATE = {True: _private_by_id(as_json=True), False: _private_by_id(as_json=Fa
 
 
 def _update() -> Any:
-    """Every changeable field at once: a NULL parameter keeps the column as it is."""
-    kept = {
-        name: func.coalesce(bindparam(name, type_=type_), _users.c[name])
-        for name, type_ in (
-            ("username", String),
-            ("email", String),
-            ("hashed_password", String),
-            ("is_active", Boolean),
-        )
-    }
+    """Every changeable field at once: a NULL parameter keeps the column as it is. With an
+    `expected` version (If-Match) the row changes only while it still has that version: the
+    check and the write are one statement."""
+    values, changed = changes_of(
+        _users,
+        {"username": String, "email": String, "hashed_password": String, "is_active": Boolean},
+    )
     return (
         update(_users)
-        .where(_users.c.id == bindparam("user_id", type_=Integer))
-        .values(**kept, updated_at=utcnow())
+        .where(_users.c.id == bindparam("user_id", type_=Integer), version_matches(_users))
+        .ordered_values(*touched(_users, changed).items(), *values.items())
     )
 
 
 _UPDATE = Statement(_update)
 _UPDATE_RETURNING = Statement(lambda: _private_returning(_update(), as_json=True))
+# Only an empty account goes: money never leaves the system by a deletion. The balance is
+# checked by the DELETE itself, on the row it locks, so a transfer that holds the lock first
+# (and pays in) makes it delete nothing.
 _DELETE = Statement(
-    lambda: delete(_users).where(_users.c.id == bindparam("user_id", type_=Integer))
+    lambda: delete(_users).where(
+        _users.c.id == bindparam("user_id", type_=Integer), _users.c.balance == 0
+    )
+)
+_BALANCE = Statement(
+    lambda: select(_users.c.balance).where(_users.c.id == bindparam("user_id", type_=Integer))
 )
 
 
-async def private_view(link: Reader, user_id: int) -> bytes | None:
+async def private_view(link: Reader, user_id: int) -> Versioned | None:
     if not valid_id(user_id):
         return None
     as_json = renders_json(link)
     return _private_view(await link.row(_PRIVATE[as_json], user_id=user_id), as_json)
 
 
-async def update_user(link: Writer, user_id: int, changes: dict[str, Any]) -> bytes | None:
-    """Apply `changes` (username, email, hashed_password, is_active) in one UPDATE and return
-    the private view (MariaDB, without UPDATE ... RETURNING: a SELECT after it); None: no such
-    user."""
+async def update_user(
+    link: Writer, user_id: int, changes: dict[str, Any], *, expected: int | None = None
+) -> Versioned | None:
+    """Apply `changes` (username, email, hashed_password, is_active) in one UPDATE, if the row
+    still has the `expected` version (None: any), and return the private view (MariaDB, without
+    UPDATE ... RETURNING: a SELECT after it); None: no such user, or another version."""
     if not valid_id(user_id):
         return None
     params = {name: changes.get(name) for name in ("username", "email", "hashed_password")}
     params["is_active"] = changes.get("is_active")
+    params["expected"] = expected
     if renders_json(link):
         return _private_view(await link.row(_UPDATE_RETURNING, user_id=user_id, **params), True)
     async with link.transaction():
@@ -326,5 +377,11 @@ async def update_user(link: Writer, user_id: int, changes: dict[str, Any]) -> by
         return await private_view(link, user_id)
 
 
-async def delete_user(link: Writer, user_id: int) -> bool:
-    return valid_id(user_id) and await link.count(_DELETE, user_id=user_id) == 1
+async def delete_user(link: Writer, user_id: int) -> bool | None:
+    """Delete an empty account: True; False: it holds money; None: no such user. (Why nothing
+    was deleted is read after the DELETE: it only names the answer.)"""
+    if not valid_id(user_id):
+        return None
+    if await link.count(_DELETE, user_id=user_id) == 1:
+        return True
+    return False if await link.value(_BALANCE, user_id=user_id) is not None else None

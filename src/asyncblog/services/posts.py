@@ -4,7 +4,7 @@ work on one connection, answered as the view's JSON bytes."""
 from __future__ import annotations
 
 from asyncblog.db.database import Database
-from asyncblog.errors import Forbidden, NotFound, Unauthorized
+from asyncblog.errors import Forbidden, NotFound, PreconditionFailed, Unauthorized
 from asyncblog.repositories.base import valid_id
 from asyncblog.repositories.posts import (
     author_of,
@@ -15,6 +15,7 @@ from asyncblog.repositories.posts import (
     post_view,
     post_with_author,
 )
+from asyncblog.repositories.views import Versioned
 from asyncblog.schemas import PostCreate, PostUpdate
 from asyncblog.security import AccessClaims
 from asyncblog.services.auth import INVALID_TOKEN, Caller
@@ -26,7 +27,7 @@ class Posts:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, claims: AccessClaims | None, data: PostCreate) -> bytes:
+    async def create(self, claims: AccessClaims | None, data: PostCreate) -> Versioned:
         """Write a post as the token's user: the caller's check and the INSERT are one
         statement, so a deactivated author or an ended token writes nothing (401)."""
         if claims is None or not valid_id(claims.user_id):
@@ -58,9 +59,13 @@ class Posts:
                 link, author_id=author_id, skip=skip, limit=limit, after_id=after_id
             )
 
-    async def update(self, caller: Caller, post_id: int, data: PostUpdate) -> bytes:
+    async def update(
+        self, caller: Caller, post_id: int, data: PostUpdate, *, expected: int | None = None
+    ) -> Versioned:
         """Only the author changes a post: the UPDATE names the author, so a post that changed
-        hands meanwhile is not touched; 404 or 403 say why nothing was."""
+        hands meanwhile is not touched; with `expected` (If-Match) it also names the version,
+        so of two edits sent with the same version exactly one is made. When nothing was
+        changed, 404, 403 or 412 say why."""
         changes = data.model_dump(exclude_unset=True)
         async with self.db.writer() as link:
             if changes:
@@ -70,6 +75,7 @@ class Posts:
                     author_id=caller.id,
                     title=changes.get("title"),
                     content=changes.get("content"),
+                    expected=expected,
                 )
                 if view is not None:
                     return view
@@ -78,9 +84,11 @@ class Posts:
                 raise NotFound(POST_NOT_FOUND)
             if author != caller.id:
                 raise Forbidden("Only the author may change a post")
-            view = await post_view(link, post_id)  # nothing to change
+            view = await post_view(link, post_id)  # nothing to change, or another version
         if view is None:  # deleted in between
             raise NotFound(POST_NOT_FOUND)
+        if expected is not None and (changes or view.version != expected):
+            raise PreconditionFailed()
         return view
 
     async def delete(self, caller: Caller, post_id: int) -> None:

@@ -9,7 +9,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from asyncblog.db.database import Database
 from asyncblog.db.errors import translated
-from asyncblog.errors import Conflict, Forbidden, NotFound, Unauthorized, UniqueViolation
+from asyncblog.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    Unauthorized,
+    UniqueViolation,
+)
 from asyncblog.models import User
 from asyncblog.repositories import UserRepository
 from asyncblog.repositories.base import valid_id
@@ -24,11 +31,13 @@ from asyncblog.repositories.users import (
     user_document,
     user_page,
 )
+from asyncblog.repositories.views import Versioned
 from asyncblog.schemas import BulkUserCreate, UserCreate, UserUpdate
 from asyncblog.security import AccessClaims, PasswordHasher
 from asyncblog.services.auth import INVALID_TOKEN, Caller
 
 USER_NOT_FOUND = "User not found"
+NOT_EMPTY = "Balance must be zero to delete the account"
 
 
 def conflict_message(exc: UniqueViolation) -> str:
@@ -132,14 +141,17 @@ class BulkUsers:
         return conflicts
 
     async def bulk_set_active(self, ids: Sequence[int], is_active: bool) -> int:
-        updated = await self.users.bulk_update(ids, {"is_active": is_active})
+        updated = await self.users.bulk_update(
+            ids, {"is_active": is_active, "version": User.version + 1}
+        )
         await self.session.commit()
         return updated
 
-    async def bulk_delete(self, ids: Sequence[int]) -> int:
-        deleted = await self.users.bulk_delete(ids)
+    async def bulk_delete(self, ids: Sequence[int]) -> tuple[int, list[int]]:
+        """Delete the users that hold no money; (how many went, the ids refused)."""
+        deleted, refused = await self.users.delete_empty(ids)
         await self.session.commit()
-        return deleted
+        return deleted, refused
 
 
 class Users:
@@ -149,7 +161,7 @@ class Users:
         self.db = db
         self.hasher = hasher
 
-    async def register(self, data: UserCreate, *, is_admin: bool = False) -> bytes:
+    async def register(self, data: UserCreate, *, is_admin: bool = False) -> Versioned:
         """Create a user. Uniqueness is the database's: a concurrent twin gets a 409, not a
         row. The password is hashed before the unit of work: no connection waits on Argon2."""
         hashed = await self.hasher.hash(data.password)
@@ -165,7 +177,7 @@ class Users:
         except UniqueViolation as exc:
             raise Conflict(conflict_message(exc)) from None
 
-    async def ensure_admin(self, username: str, email: str, password: str) -> bytes | None:
+    async def ensure_admin(self, username: str, email: str, password: str) -> Versioned | None:
         """Create an admin unless the username is taken (then: None). Safe to race."""
         async with self.db.reader() as link:
             if await link.row(LOGIN, username=username) is not None:
@@ -177,7 +189,7 @@ class Users:
         except Conflict:
             return None
 
-    async def me(self, claims: AccessClaims | None) -> bytes:
+    async def me(self, claims: AccessClaims | None) -> Versioned:
         if claims is None or not valid_id(claims.user_id):
             raise Unauthorized(INVALID_TOKEN)
         async with self.db.reader() as link:
@@ -186,7 +198,11 @@ class Users:
             raise Unauthorized(INVALID_TOKEN)
         return view
 
-    async def update(self, caller: Caller, user_id: int, data: UserUpdate) -> bytes:
+    async def update(
+        self, caller: Caller, user_id: int, data: UserUpdate, *, expected: int | None = None
+    ) -> Versioned:
+        """Change a user; with `expected` (If-Match) only while the row still has that version:
+        of two changes sent with the same version exactly one is made, the other gets 412."""
         if caller.id != user_id and not caller.is_admin:
             raise Forbidden("Not allowed to change another user")
         changes = data.model_dump(exclude_unset=True)
@@ -196,10 +212,17 @@ class Users:
             changes["hashed_password"] = await self.hasher.hash(changes.pop("password"))
         try:
             async with self.db.writer() as link:
+                view = None
                 if changes:
-                    view = await update_user(link, user_id, changes)
-                else:
+                    view = await update_user(link, user_id, changes, expected=expected)
+                if view is None:  # nothing to change, or nothing changed: why?
                     view = await private_view(link, user_id)
+                    if (
+                        view is not None
+                        and expected is not None
+                        and (changes or view.version != expected)
+                    ):
+                        raise PreconditionFailed()
         except UniqueViolation as exc:
             raise Conflict(conflict_message(exc)) from None
         if view is None:
@@ -207,12 +230,16 @@ class Users:
         return view
 
     async def delete(self, caller: Caller, user_id: int) -> None:
+        """Delete an account whose balance is 0.00 (409 otherwise: money never leaves the
+        system by a deletion); its posts go with it, its transfers stay in the ledger."""
         if caller.id != user_id and not caller.is_admin:
             raise Forbidden("Not allowed to delete another user")
         async with self.db.writer() as link:
             deleted = await delete_user(link, user_id)
-        if not deleted:
+        if deleted is None:
             raise NotFound(USER_NOT_FOUND)
+        if not deleted:
+            raise Conflict(NOT_EMPTY)
 
     async def document(self, user_id: int, caller: Caller | None) -> bytes:
         """The user with its first posts: the private view for that user or an admin."""

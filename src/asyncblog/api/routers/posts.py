@@ -4,9 +4,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from asyncblog.api.deps import Claims, CurrentCaller, PageParams, posts_of
+from asyncblog.api.deps import (
+    Claims,
+    CurrentCaller,
+    IfMatch,
+    PageParams,
+    expected_version,
+    posts_of,
+)
 from asyncblog.api.overrides import OVERRIDES
-from asyncblog.api.responses import COMMON_RESPONSES, errors
+from asyncblog.api.responses import (
+    COMMON_RESPONSES,
+    ETAG_HEADER,
+    PRECONDITION_FAILED,
+    errors,
+    versioned,
+)
 from asyncblog.db.types import MAX_ID
 from asyncblog.schemas import PostCreate, PostUpdate, PostView, PostWithAuthor
 
@@ -22,10 +35,15 @@ ERRORS = errors(401, 403, 404)
 NOT_FOUND = errors(404)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=PostView, responses=ERRORS)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PostView,
+    responses={**ERRORS, 201: {"headers": ETAG_HEADER}},
+)
 async def create_post(data: PostCreate, request: Request, claims: Claims) -> Response:
     posts = posts_of(request)
-    return Response(await posts.create(claims, data), 201, media_type="application/json")
+    return versioned(await posts.create(claims, data), 201)
 
 
 @router.get("", response_model=list[PostView])
@@ -47,12 +65,21 @@ async def get_post(post_id: PostId, request: Request) -> Response:
     return Response(await posts.get(post_id), media_type="application/json")
 
 
-@router.patch("/{post_id}", response_model=PostView, responses=ERRORS)
+@router.patch(
+    "/{post_id}",
+    response_model=PostView,
+    responses={**ERRORS, **PRECONDITION_FAILED, 200: {"headers": ETAG_HEADER}},
+)
 async def update_post(
-    post_id: PostId, data: PostUpdate, caller: CurrentCaller, request: Request
+    post_id: PostId,
+    data: PostUpdate,
+    caller: CurrentCaller,
+    request: Request,
+    if_match: IfMatch = None,
 ) -> Response:
     posts = posts_of(request)
-    return Response(await posts.update(caller, post_id, data), media_type="application/json")
+    expected = expected_version(if_match)
+    return versioned(await posts.update(caller, post_id, data, expected=expected))
 
 
 @router.delete("/{post_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)

@@ -9,12 +9,20 @@ from asyncblog.api.deps import (
     Claims,
     CurrentAdmin,
     CurrentCaller,
+    IfMatch,
     OptionalUser,
     PageParams,
+    expected_version,
     users_of,
 )
 from asyncblog.api.overrides import OVERRIDES
-from asyncblog.api.responses import COMMON_RESPONSES, errors
+from asyncblog.api.responses import (
+    COMMON_RESPONSES,
+    ETAG_HEADER,
+    PRECONDITION_FAILED,
+    errors,
+    versioned,
+)
 from asyncblog.schemas import (
     BulkConflict,
     BulkCreated,
@@ -24,6 +32,7 @@ from asyncblog.schemas import (
     BulkUserDelete,
     BulkUserUpdate,
     Count,
+    Detail,
     UserCreate,
     UserPrivate,
     UserPrivateWithPosts,
@@ -50,11 +59,11 @@ UNAUTHORIZED = errors(401)
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UserPrivate,
-    responses=CONFLICT,
+    responses={**CONFLICT, 201: {"headers": ETAG_HEADER}},
 )
 async def register(data: UserCreate, request: Request) -> Response:
     users = users_of(request)
-    return Response(await users.register(data), 201, media_type="application/json")
+    return versioned(await users.register(data), 201)
 
 
 @router.get(
@@ -75,10 +84,10 @@ async def count_users(request: Request) -> Count:
     return Count(count=await users.count())
 
 
-@router.get("/me", response_model=UserPrivate, responses=ERRORS)
+@router.get("/me", response_model=UserPrivate, responses={**ERRORS, 200: {"headers": ETAG_HEADER}})
 async def me(request: Request, claims: Claims) -> Response:
     users = users_of(request)
-    return Response(await users.me(claims), media_type="application/json")
+    return versioned(await users.me(claims))
 
 
 @router.get(
@@ -92,15 +101,28 @@ async def get_user(user_id: UserId, request: Request, caller: OptionalUser) -> R
     return Response(await users.document(user_id, caller), media_type="application/json")
 
 
-@router.patch("/{user_id}", response_model=UserPrivate, responses={**ERRORS, **CONFLICT})
+@router.patch(
+    "/{user_id}",
+    response_model=UserPrivate,
+    responses={**ERRORS, **CONFLICT, **PRECONDITION_FAILED, 200: {"headers": ETAG_HEADER}},
+)
 async def update_user(
-    user_id: UserId, data: UserUpdate, caller: CurrentCaller, request: Request
+    user_id: UserId,
+    data: UserUpdate,
+    caller: CurrentCaller,
+    request: Request,
+    if_match: IfMatch = None,
 ) -> Response:
     users = users_of(request)
-    return Response(await users.update(caller, user_id, data), media_type="application/json")
+    expected = expected_version(if_match)
+    return versioned(await users.update(caller, user_id, data, expected=expected))
 
 
-@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
+@router.delete(
+    "/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**ERRORS, 409: {"model": Detail, "description": "The balance is not 0.00"}},
+)
 async def delete_user(user_id: UserId, caller: CurrentCaller, request: Request) -> Response:
     users = users_of(request)
     await users.delete(caller, user_id)
@@ -136,4 +158,5 @@ async def bulk_update(data: BulkUserUpdate, _admin: CurrentAdmin, users: Bulk) -
 
 @bulk.delete("", response_model=BulkDeleted, responses=ERRORS)
 async def bulk_delete(data: BulkUserDelete, _admin: CurrentAdmin, users: Bulk) -> BulkDeleted:
-    return BulkDeleted(deleted=await users.bulk_delete(data.ids))
+    deleted, refused = await users.bulk_delete(data.ids)
+    return BulkDeleted(deleted=deleted, refused=refused)
