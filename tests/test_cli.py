@@ -4,6 +4,7 @@ and what a bad setting looks like on the command line."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -436,6 +437,50 @@ def test_serve_migrates_answers_and_stops_on_sigterm(
     # the exit status says "terminated by SIGTERM"); a plain 0 is fine too.
     assert code in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
+    # not a terminal: JSON lines, and no words for a person
+    startup = next(line for line in output.splitlines() if "Application startup complete" in line)
+    assert json.loads(startup)["msg"] == "Application startup complete."
+    assert "interactive docs" not in output
     assert "Traceback" not in output
     assert "password123" not in output
     assert "$argon2" not in output
+
+
+def test_serve_at_a_terminal_prints_readable_lines_and_where_to_go(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """With stderr a terminal (a pty here), `serve` says where the docs are and how to create
+    the first admin, and logs readable lines instead of JSON."""
+    import pty
+
+    port = free_port()
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(  # noqa: S603 (our own console script, fixed arguments)
+        [ASYNCBLOG, "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"Application startup complete" not in seen and time.monotonic() < deadline:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the process ended: the terminal is gone
+                break
+            seen += chunk
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        os.close(leader)
+    text = seen.decode(errors="replace")
+    assert "Application startup complete" in text, text
+    assert f"the interactive docs are at http://127.0.0.1:{port}/docs" in text
+    assert "asyncblog create-admin" in text and "FIRST_ADMIN_USERNAME" in text
+    startup = next(line for line in text.splitlines() if "Application startup complete" in line)
+    assert not startup.lstrip().startswith("{"), startup  # not a JSON line
+    assert " INFO " in startup, startup

@@ -12,7 +12,7 @@ import pytest
 
 from asyncblog.api.middleware import RequestContextMiddleware
 from asyncblog.config import Settings
-from asyncblog.log import JSONFormatter, request_id
+from asyncblog.log import ConsoleFormatter, JSONFormatter, console_wanted, request_id
 
 
 def _record(msg: str = "hello", **extra: object) -> logging.LogRecord:
@@ -82,3 +82,32 @@ async def test_the_access_log_writes_one_line_per_request(
     (line,) = lines
     assert (line.method, line.path, line.status) == ("GET", "/users/7", 204)  # type: ignore[attr-defined]
     assert line.duration_ms >= 0  # type: ignore[attr-defined]
+
+
+def test_a_console_line_reads_as_time_level_message_fields_and_request_id() -> None:
+    token = request_id.set("req-7")
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            record = _record("user ann logged in")
+            record.exc_info = sys.exc_info()
+        record.__dict__["status"] = 200
+        line = ConsoleFormatter().format(record)
+    finally:
+        request_id.reset(token)
+    first, *trace = line.splitlines()
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d\.\d{3}  INFO      user ann logged in  status=200  \[req-7\]", first
+    )
+    assert trace[0].startswith("Traceback") and trace[-1] == "ValueError: boom"
+
+
+def test_the_format_follows_the_setting_and_auto_asks_the_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert console_wanted("console") and not console_wanted("json")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert console_wanted("auto")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not console_wanted("auto")

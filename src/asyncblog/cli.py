@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Coroutine
+from functools import partial
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -84,16 +85,26 @@ def serve(
     """Serve the API with uvicorn (uvloop, httptools)."""
     import uvicorn
 
-    from asyncblog.log import configure_logging
+    from asyncblog.log import configure_logging, console_wanted
 
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if migrate if migrate is not None else settings.dialect == "sqlite":
         _migrate(settings)
     try:
         settings.resolved_secret_key()  # create the key file once, before the workers start
     except (OSError, ValueError) as exc:
         _fail(f"SECRET_KEY: {exc}")
+    if console_wanted(settings.log_format):  # a person is watching: where to go from here
+        shown = f"[{host}]" if ":" in host else host
+        say = partial(err.print, markup=False, highlight=False, soft_wrap=True)
+        say(f"asyncblog: the interactive docs are at http://{shown}:{port}/docs")
+        if not settings.first_admin_username:
+            say(
+                "create the first admin with `asyncblog create-admin` (it asks for the name, "
+                "email and password), or set FIRST_ADMIN_USERNAME, FIRST_ADMIN_EMAIL and "
+                "FIRST_ADMIN_PASSWORD"
+            )
     uvicorn.run(
         "asyncblog.api.app:app_from_env",
         factory=True,

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     first_admin_password: SecretStr | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # JSON lines for log shippers; readable lines for a person at a terminal. `auto`: console
+    # when stderr is a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
     # One line per request. Off by default (as gunicorn's is): a proxy in front usually logs
     # requests, and this costs about a seventh of the hot read's throughput. Errors are logged
     # either way.

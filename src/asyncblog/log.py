@@ -1,4 +1,6 @@
-"""Structured (JSON lines) logging with the request id of the request being served."""
+"""Logging with the request id of the request being served: JSON lines (for log shippers, the
+default), or readable lines when a person watches a terminal (`LOG_FORMAT=console`, or `auto`
+with stderr a terminal)."""
 
 from __future__ import annotations
 
@@ -45,7 +47,36 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(level: str = "INFO") -> None:
+class ConsoleFormatter(logging.Formatter):
+    """`12:04:05.123 INFO     message  key=value ... [request id]`, the traceback below."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        parts = [f"{clock}.{int(record.msecs):03d}", f"{record.levelname:<8}", record.getMessage()]
+        extra = [
+            f"{key}={value}"
+            for key, value in record.__dict__.items()
+            if key not in _RESERVED and not key.startswith("_")
+        ]
+        if extra:
+            parts.append(" ".join(extra))
+        rid = request_id.get()
+        if rid is not None:
+            parts.append(f"[{rid}]")
+        line = "  ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def console_wanted(log_format: str) -> bool:
+    """Readable lines: asked for, or `auto` with a person at the terminal."""
+    if log_format == "auto":
+        return sys.stderr.isatty()
+    return log_format == "console"
+
+
+def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
     # What LogRecord would otherwise gather for every line, and no formatter here prints: the
     # caller's file and line (a stack walk), thread and process names.
     logging._srcfile = None
@@ -53,7 +84,7 @@ def configure_logging(level: str = "INFO") -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter())
+    handler.setFormatter(ConsoleFormatter() if console_wanted(log_format) else JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -61,3 +92,5 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our middleware logs requests
+    # alembic announces each of its plugins at INFO on every migration: noise, not news
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute
 
 from asyncblog import __version__
 from asyncblog.api import errors
+from asyncblog.api.docs import install_docs
 from asyncblog.api.middleware import RequestContextMiddleware
 from asyncblog.api.responses import COMMON_RESPONSES
 from asyncblog.api.routers import auth, health, money, posts, users
@@ -92,7 +93,10 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         # FastAPI's native OpenTelemetry costs every request even with no collector; on only
         # when asked for (TELEMETRY=true, then the global OpenTelemetry providers are used).
         telemetry=None if settings.telemetry else TELEMETRY_OFF,
+        docs_url=None,  # served from this service, not a CDN: api.docs
+        redoc_url=None,
     )
+    install_docs(app)
     if state is not None:
         app.state.asyncblog = state
     errors.install(app)
@@ -155,5 +159,5 @@ def app_from_env() -> FastAPI:
     from asyncblog.log import configure_logging
 
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)

@@ -27,7 +27,7 @@ DOCS_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
 ]
-# The API answers JSON; /docs is the one HTML page and loads its assets from a CDN.
+# The API answers JSON; the docs pages set their own policy (api.docs).
 API_HEADERS = [
     *DOCS_HEADERS,
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
