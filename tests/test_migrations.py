@@ -97,8 +97,9 @@ def _is_false_positive(dialect: str, diff: tuple[Any, ...]) -> bool:
     - SQLite, users.balance: the migration adds the column with raw `ALTER TABLE ... INTEGER`
       (SQLite can add a column with its CHECK in place that way); the model's Money type renders
       BIGINT on SQLite. Both are the same 64-bit INTEGER-affinity storage in SQLite.
-    - MariaDB, server defaults of users.is_active / is_admin / balance: MariaDB reflects them as
-      the literals '1', '0' and '0.00' where the model says true(), false() and '0'. Only
+    - MariaDB, server defaults of users.is_active / is_admin / balance and refresh_tokens.spent:
+      MariaDB reflects them as the literals '1', '0', '0.00', '0' where the model says true(),
+      false(), '0' and false(). Only
       defaults whose value is the same are skipped; a changed value still fails.
     """
     kind = diff[0]
@@ -111,13 +112,15 @@ def _is_false_positive(dialect: str, diff: tuple[Any, ...]) -> bool:
         )
     if dialect in ("mysql", "mariadb") and kind == "modify_default":
         _, _, table, column, _, reflected, model = diff
-        if table != "users":
-            return False
         reflected_text = str(getattr(reflected.arg, "text", reflected.arg)).strip("'")
-        expected = {"is_active": "1", "is_admin": "0"}.get(column)
+        expected = {
+            ("users", "is_active"): "1",
+            ("users", "is_admin"): "0",
+            ("refresh_tokens", "spent"): "0",
+        }.get((table, column))
         if expected is not None:
             return reflected_text == expected
-        if column == "balance":
+        if (table, column) == ("users", "balance"):
             return Decimal(reflected_text) == Decimal(str(model.arg)) == 0
     return False
 
@@ -284,6 +287,33 @@ async def test_versions_come_to_rows_that_exist_and_go_back(empty_db: URL) -> No
         assert "version" not in await column_names(empty_db, table)
     async with engine_for(empty_db) as engine:
         assert await post_titles(engine) == ["older than versions"]
+    await upgrade(empty_db)
+    assert await schema_differences(empty_db) == []
+
+
+async def test_sessions_come_to_a_database_holding_data_and_go_back(empty_db: URL) -> None:
+    """0005 on a database with rows in every table: users get token version 1, the refresh
+    tokens' table appears empty; going back removes both and keeps every row."""
+    await upgrade(empty_db, "0004")
+    async with engine_for(empty_db) as engine:
+        user_id = await insert_user(engine, "Quinn")
+        await insert_post(engine, user_id, "before sessions")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO transfers (to_user_id, amount) VALUES (:u, 5)"), {"u": user_id}
+            )
+
+    await upgrade(empty_db, "0005")
+    async with engine_for(empty_db) as engine, engine.connect() as conn:
+        assert (await conn.execute(text("SELECT token_version FROM users"))).scalars().all() == [1]
+        assert await conn.scalar(text("SELECT COUNT(*) FROM refresh_tokens")) == 0
+
+    await downgrade(empty_db, "0004")
+    assert "refresh_tokens" not in await table_names(empty_db)
+    assert "token_version" not in await column_names(empty_db, "users")
+    async with engine_for(empty_db) as engine, engine.connect() as conn:
+        assert await post_titles(engine) == ["before sessions"]
+        assert await conn.scalar(text("SELECT COUNT(*) FROM transfers")) == 1
     await upgrade(empty_db)
     assert await schema_differences(empty_db) == []
 

@@ -356,7 +356,8 @@ async def test_directed_requests_conform_to_the_schema(
 async def test_schema_describes_every_route(api: Api) -> None:
     """API.md: /openapi.json describes every route of the contract."""
     expected = {
-        "GET /healthz", "GET /readyz", "POST /auth/token",
+        "GET /healthz", "GET /readyz", "POST /auth/token", "POST /auth/refresh",
+        "POST /auth/logout",
         "POST /users", "GET /users", "GET /users/count", "GET /users/me",
         "GET /users/{user_id}", "PATCH /users/{user_id}", "DELETE /users/{user_id}",
         "POST /users/bulk", "PATCH /users/bulk", "DELETE /users/bulk",

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     secret_key: SecretStr | None = None
     secret_key_file: Path | None = None
-    access_token_expire_minutes: int = Field(default=30, ge=1, le=60 * 24 * 30)
+    access_token_expire_minutes: int = Field(default=15, ge=1, le=60 * 24 * 30)
+    refresh_token_expire_days: int = Field(default=14, ge=1, le=365)
 
     pool_size: int = Field(default=5, ge=1, le=1000)
     pool_max_overflow: int = Field(default=10, ge=0, le=1000)

@@ -40,7 +40,7 @@ from asyncblog.db.types import (
     utcnow,
 )
 
-__all__ = ["MAX_ID", "PG_CASE_INSENSITIVE", "Base", "Post", "Transfer", "User"]
+__all__ = ["MAX_ID", "PG_CASE_INSENSITIVE", "Base", "Post", "RefreshToken", "Transfer", "User"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -85,6 +85,9 @@ class User(TimestampMixin, Base):
     is_admin: Mapped[bool] = mapped_column(default=False, server_default=false())
     balance: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"), server_default="0")
     version: Mapped[int] = version_column()
+    # Carried in every access token and refresh-token family: moving it on a password change, a
+    # deactivation or a logout of every login ends every token issued before.
+    token_version: Mapped[int] = mapped_column(server_default="1")
     __mapper_args__ = {"eager_defaults": True, "version_id_col": version}
 
     posts: Mapped[list[Post]] = relationship(
@@ -138,4 +141,27 @@ class Transfer(Base):
     amount: Mapped[Decimal] = mapped_column(Money())
     idempotency_key: Mapped[str | None] = mapped_column(IdempotencyKeyType)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+
+class RefreshToken(Base):
+    """One refresh token, stored as the SHA-256 of its text. A login is a `family` of them:
+    each refresh spends one (`spent`) and adds the next. A family is valid while its
+    `token_version` is the user's (a password change, a deactivation or a logout of every
+    login moves the user's), and ends when a spent token of it is presented again."""
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (
+        UniqueConstraint("digest"),
+        Index("ix_refresh_tokens_user_id", "user_id"),
+        Index("ix_refresh_tokens_family", "family"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    family: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(64))
+    token_version: Mapped[int] = mapped_column()
+    spent: Mapped[bool] = mapped_column(default=False, server_default=false())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), server_default=utcnow())

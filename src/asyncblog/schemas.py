@@ -94,6 +94,9 @@ class UserUpdate(_NoNulls):
     email: Email | None = None
     password: Password | None = None
     is_active: bool | None = None
+    # Required when users change their own password or email (checked by the service, which
+    # knows who is asking); never stored.
+    current_password: Annotated[str, StringConstraints(max_length=128)] | None = None
 
 
 class ORMView(BaseModel):
@@ -227,6 +230,26 @@ class TransferView(ORMView):
 class Token(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
+    expires_in: int  # seconds the access token is valid
+    refresh_token: str
+
+
+RefreshTokenText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: RefreshTokenText
+
+
+class LogoutRequest(BaseModel):
+    refresh_token: RefreshTokenText | None = None
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> LogoutRequest:
+        if self.refresh_token is None and not self.all:
+            raise ValueError("send the refresh_token of the login to end, or all: true")
+        return self
 
 
 class Detail(BaseModel):

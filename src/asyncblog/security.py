@@ -1,9 +1,12 @@
-"""Password hashing (Argon2id, off the event loop) and JWT access tokens (HS256)."""
+"""Password hashing (Argon2id, off the event loop), JWT access tokens (HS256) and opaque refresh
+tokens (random, stored only as their SHA-256)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,19 +89,31 @@ class PasswordHasher:
 class TokenCodec:
     secret: str
     lifetime: dt.timedelta
+    refresh_lifetime: dt.timedelta = dt.timedelta(days=14)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenCodec:
         return cls(
             settings.resolved_secret_key(),
             dt.timedelta(minutes=settings.access_token_expire_minutes),
+            dt.timedelta(days=settings.refresh_token_expire_days),
         )
 
-    def issue(self, user_id: int, hashed_password: str, *, now: dt.datetime | None = None) -> str:
+    def issue(
+        self,
+        user_id: int,
+        hashed_password: str,
+        token_version: int,
+        *,
+        now: dt.datetime | None = None,
+    ) -> str:
+        """An access token: the user, a stamp of its password hash and its token version (a
+        token stops working when either moves), issued and expiry times."""
         now = now or dt.datetime.now(dt.UTC)
         claims = {
             "sub": str(user_id),
             "pwd": password_stamp(hashed_password),
+            "ver": token_version,
             "iat": now,
             "exp": now + self.lifetime,
             "typ": "access",
@@ -113,22 +128,38 @@ class TokenCodec:
                 token,
                 self.secret,
                 algorithms=[ALGORITHM],
-                options={"require": ["exp", "iat", "sub", "pwd"]},
+                options={"require": ["exp", "iat", "sub", "pwd", "ver"]},
             )
         except jwt.PyJWTError:
             return None
-        sub, stamp = claims.get("sub"), claims.get("pwd")
+        sub, stamp, version = claims.get("sub"), claims.get("pwd"), claims.get("ver")
         if claims.get("typ") != "access" or not isinstance(sub, str) or not sub.isdigit():
             return None
-        if not isinstance(stamp, str):
+        if not isinstance(stamp, str) or type(version) is not int:
             return None
-        return AccessClaims(int(sub), stamp)
+        return AccessClaims(int(sub), stamp, version)
 
 
 @dataclass(frozen=True, slots=True)
 class AccessClaims:
     user_id: int
     password_stamp: str
+    token_version: int
+
+
+def new_refresh_token() -> tuple[str, str]:
+    """A refresh token (256 random bits, URL-safe text) and the digest that is stored."""
+    token = secrets.token_urlsafe(32)
+    return token, refresh_digest(token)
+
+
+def refresh_digest(token: str) -> str:
+    """What the database keeps of a refresh token: enough to find it, useless to a thief."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_family() -> str:
+    return secrets.token_hex(16)
 
 
 def password_stamp(hashed_password: str) -> str:

@@ -64,9 +64,12 @@ async def test_login_returns_bearer_token(api: Api) -> None:
     response = await login(api, user["username"])
     assert response.status_code == 200, response.text
     data = response.json()
-    assert set(data) == {"access_token", "token_type"}
+    assert set(data) == {"access_token", "token_type", "expires_in", "refresh_token"}
     assert data["token_type"] == "bearer"
+    assert data["expires_in"] == 15 * 60  # the default
     assert isinstance(data["access_token"], str) and data["access_token"]
+    assert isinstance(data["refresh_token"], str) and len(data["refresh_token"]) >= 40
+    assert response.headers["cache-control"] == "no-store"
     me = await api.client.get("/users/me", headers=bearer(data["access_token"]))
     assert me.status_code == 200
     assert me.json()["id"] == user["id"]

@@ -389,7 +389,9 @@ async def test_nul_in_user_fields(api: Api) -> None:
     headers = await api.login(user["username"], password)
     new = "\x00\x00\x00\x00\x00\x00\x00\x00"
     changed = await api.client.patch(
-        f"/users/{user['id']}", json={"password": new}, headers=headers
+        f"/users/{user['id']}",
+        json={"password": new, "current_password": password},
+        headers=headers,
     )
     assert changed.status_code == 200, changed.text
     await api.login(user["username"], new)

@@ -478,7 +478,9 @@ async def test_password_change_ends_existing_tokens(api: Api) -> None:
     user, first = await api.user()
     second = await api.login(user["username"])
     response = await api.client.patch(
-        f"/users/{user['id']}", json={"password": "a-new-password"}, headers=first
+        f"/users/{user['id']}",
+        json={"password": "a-new-password", "current_password": "password123"},
+        headers=first,
     )
     assert response.status_code == 200, response.text
     for headers in (first, second):

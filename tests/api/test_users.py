@@ -427,7 +427,12 @@ async def test_patch_self_username_email_password(api: Api) -> None:
     user, headers = await api.user()
     response = await api.client.patch(
         f"/users/{user['id']}",
-        json={"username": "renamed", "email": "New.Mail@Example.com", "password": "brand-new-pw"},
+        json={
+            "username": "renamed",
+            "email": "New.Mail@Example.com",
+            "password": "brand-new-pw",
+            "current_password": PASSWORD,
+        },
         headers=headers,
     )
     assert response.status_code == 200, response.text
@@ -486,7 +491,9 @@ async def test_patch_taken_username_or_email_is_409(api: Api) -> None:
     assert response.status_code == 409, response.text
     assert "Username" in response.json()["detail"]
     response = await api.client.patch(
-        f"/users/{user['id']}", json={"email": "Taken@example.com"}, headers=headers
+        f"/users/{user['id']}",
+        json={"email": "Taken@example.com", "current_password": PASSWORD},
+        headers=headers,
     )
     assert response.status_code == 409, response.text
     assert "Email" in response.json()["detail"]
@@ -502,7 +509,11 @@ async def test_patch_to_own_current_values_is_not_a_conflict(api: Api) -> None:
     user, headers = await api.user()
     response = await api.client.patch(
         f"/users/{user['id']}",
-        json={"username": user["username"], "email": user["email"].upper()},
+        json={
+            "username": user["username"],
+            "email": user["email"].upper(),
+            "current_password": PASSWORD,
+        },
         headers=headers,
     )
     assert response.status_code == 200, response.text
@@ -575,7 +586,9 @@ async def test_admin_deactivates_user(api: Api) -> None:
     )
     assert response.status_code == 200
     assert response.json()["is_active"] is True
-    assert (await api.client.get("/users/me", headers=headers)).status_code == 200
+    # reactivation does not bring the tokens of before back; a new login works
+    assert (await api.client.get("/users/me", headers=headers)).status_code == 401
+    assert (await token_for(api, user["username"])).status_code == 200
 
 
 async def test_admin_can_change_another_users_profile(api: Api) -> None:
@@ -759,7 +772,12 @@ async def test_no_response_or_log_line_contains_password_or_hash(
         json={"users": [body("bulk1", password=bulk_secret)]},
         headers=admin_headers,
     )  # 409
-    r = await call("PATCH", f"/users/{user_id}", json={"password": new_secret}, headers=headers)
+    r = await call(
+        "PATCH",
+        f"/users/{user_id}",
+        json={"password": new_secret, "current_password": secret},
+        headers=headers,
+    )
     assert r.status_code == 200
     await call("PATCH", f"/users/{user_id}", json={"username": "bulk1"}, headers=headers)  # 409
     await call("PATCH", f"/users/{user_id}", json={"is_active": True}, headers=admin_headers)

@@ -144,7 +144,11 @@ async def test_every_write_moves_the_versions_of_exactly_the_rows_it_changes(api
             "patch a user to the values it has",
             lambda: api.client.patch(
                 f"/users/{ann['id']}",
-                json={"username": "Ann_Renamed", "email": ann["email"]},
+                json={
+                    "username": "Ann_Renamed",
+                    "email": ann["email"],
+                    "current_password": "password123",
+                },
                 headers=ann_headers,
             ),
             {},
@@ -152,7 +156,9 @@ async def test_every_write_moves_the_versions_of_exactly_the_rows_it_changes(api
         (
             "patch a password",
             lambda: api.client.patch(
-                f"/users/{bob['id']}", json={"password": "another-secret"}, headers=bob_headers
+                f"/users/{bob['id']}",
+                json={"password": "another-secret", "current_password": "password123"},
+                headers=bob_headers,
             ),
             {users[1]: 1},
         ),
@@ -209,7 +215,9 @@ async def test_every_write_moves_the_versions_of_exactly_the_rows_it_changes(api
 async def test_patch_answers_the_new_version_as_etag(api: Api) -> None:
     user, headers = await api.user()
     response = await api.client.patch(
-        f"/users/{user['id']}", json={"email": "new@example.com"}, headers=headers
+        f"/users/{user['id']}",
+        json={"email": "new@example.com", "current_password": "password123"},
+        headers=headers,
     )
     assert response.status_code == 200
     assert response.json()["version"] == 2 and etag(response) == '"2"'

@@ -95,7 +95,7 @@ async def apply(state: AppState, op: Op, ids: list[int]) -> Outcome:
         assert Decimal(transfer["amount"]) == amount
         return "ok"
     _, sender_index, to, amount = op
-    claims = AccessClaims(ids[sender_index], password_stamp(HASH))
+    claims = AccessClaims(ids[sender_index], password_stamp(HASH), token_version=1)
     try:
         result = await service.transfer(claims, TransferCreate(to_user_id=ids[to], amount=amount))
     except Invalid:

@@ -34,11 +34,18 @@ PRECONDITION_FAILED: Responses = {
 }
 
 
-def versioned(view: Versioned, status_code: int = 200) -> Response:
-    """A view of one row, with its version as the ETag (`"<version>"`)."""
+# Answers that carry a token or a private view: no cache (a browser's, a proxy's) keeps them.
+NO_STORE = {"cache-control": "no-store"}
+
+
+def versioned(view: Versioned, status_code: int = 200, *, private: bool = False) -> Response:
+    """A view of one row, with its version as the ETag (`"<version>"`); a private view is
+    not to be stored."""
+    headers = {"etag": f'"{view.version}"', **(NO_STORE if private else {})}
+    return Response(view.body, status_code, headers=headers, media_type="application/json")
+
+
+def json_bytes(body: bytes, status_code: int = 200, *, private: bool = False) -> Response:
     return Response(
-        view.body,
-        status_code,
-        headers={"etag": f'"{view.version}"'},
-        media_type="application/json",
+        body, status_code, headers=NO_STORE if private else None, media_type="application/json"
     )

@@ -14,7 +14,6 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    true,
     update,
 )
 from sqlalchemy.sql import FromClause
@@ -22,9 +21,9 @@ from sqlalchemy.sql import FromClause
 from asyncblog.db.database import Reader, Writer
 from asyncblog.db.json import json_text, json_view
 from asyncblog.db.statements import Statement
-from asyncblog.db.types import password_stamp
 from asyncblog.models import Post, User
 from asyncblog.repositories.base import changes_of, touched, valid_id, version_matches
+from asyncblog.repositories.users import holds_token
 from asyncblog.repositories.views import (
     Columns,
     Versioned,
@@ -124,11 +123,7 @@ def _create(as_json: bool) -> Statement:
             bindparam("title", type_=String),
             bindparam("content", type_=String),
             _users.c.id,
-        ).where(
-            _users.c.id == bindparam("author_id", type_=Integer),
-            _users.c.is_active == true(),
-            password_stamp(_users.c.hashed_password) == bindparam("stamp", type_=String),
-        )
+        ).where(_users.c.id == bindparam("author_id", type_=Integer), holds_token(_users))
         stmt = insert(_posts).from_select(["title", "content", "author_id"], author)
         return stmt.returning(*_view_columns(as_json))
 
@@ -156,12 +151,23 @@ async def post_page(
 
 
 async def create_post(
-    link: Writer, *, author_id: int, stamp: str, title: str, content: str
+    link: Writer,
+    *,
+    author_id: int,
+    stamp: str,
+    token_version: int,
+    title: str,
+    content: str,
 ) -> Versioned | None:
     """The new post's view, or None when the author may not write (see `_create`)."""
     as_json = renders_json(link)
     row = await link.row(
-        _CREATE[as_json], author_id=author_id, stamp=stamp, title=title, content=content
+        _CREATE[as_json],
+        author_id=author_id,
+        stamp=stamp,
+        token_version=token_version,
+        title=title,
+        content=content,
     )
     return _versioned(row, as_json)
 

@@ -82,10 +82,14 @@ _LOCK = Statement(
             _users.c.balance,
             _users.c.is_active,
             password_stamp(_users.c.hashed_password),
+            _users.c.token_version,
         )
         .where(_users.c.id.in_([_p("sender", Integer), _p("to", Integer)]))
         .order_by(_users.c.id)
-        .with_for_update()
+        # PostgreSQL: FOR NO KEY UPDATE, what the UPDATE of the balances takes anyway; unlike
+        # FOR UPDATE it lets a login insert a refresh token for the user meanwhile (the
+        # foreign key's KEY SHARE lock).
+        .with_for_update(key_share=True)
     )
 )
 _PRIOR = Statement(
@@ -137,6 +141,7 @@ async def transfer_once(
     *,
     sender_id: int,
     stamp: str,
+    token_version: int,
     to_id: int,
     amount: Decimal,
     key: str | None,
@@ -160,7 +165,12 @@ async def transfer_once(
             if found is not None:
                 return Outcome(True, True, found[0], _render(found[1:]), None)
         sender, recipient = locked.get(sender_id), locked.get(to_id)
-        caller_ok = sender is not None and bool(sender[2]) and sender[3] == stamp
+        caller_ok = (
+            sender is not None
+            and bool(sender[2])
+            and sender[3] == stamp
+            and sender[4] == token_version
+        )
         recipient_ok = recipient is not None and bool(recipient[2])
         if not (caller_ok and recipient_ok) or sender is None or sender[1] < amount:
             return Outcome(caller_ok, recipient_ok, None, None, None)

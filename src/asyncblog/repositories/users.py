@@ -7,12 +7,16 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
+    ColumnElement,
     Integer,
     Select,
     String,
     Table,
+    and_,
     bindparam,
+    case,
     delete,
+    false,
     func,
     insert,
     or_,
@@ -199,10 +203,21 @@ def _page(view: type[UserPublic]) -> ViewQuery:
 _PAGES = {False: _page(UserPublic), True: _page(UserPrivate)}
 _COUNT = Statement(lambda: select(func.count()).select_from(_users))
 CALLER = Statement(
-    lambda: select(_users.c.is_active, _users.c.is_admin, _users.c.hashed_password).where(
-        _users.c.id == bindparam("user_id", type_=Integer)
-    )
+    lambda: select(
+        _users.c.is_active, _users.c.is_admin, _users.c.hashed_password, _users.c.token_version
+    ).where(_users.c.id == bindparam("user_id", type_=Integer))
 )
+
+
+def holds_token(users: FromClause) -> ColumnElement[bool]:
+    """The access token's user (`:stamp`, `:token_version` from its claims) is active and the
+    token still holds: its password stamp and its token version are the user's. Statements
+    that act for the caller check it in the same statement."""
+    return and_(
+        users.c.is_active == true(),
+        password_stamp(users.c.hashed_password) == bindparam("stamp", type_=String),
+        users.c.token_version == bindparam("token_version", type_=Integer),
+    )
 
 
 async def user_page(
@@ -281,7 +296,9 @@ async def register(
 
 
 LOGIN = Statement(
-    lambda: select(_users.c.id, _users.c.hashed_password, _users.c.is_active).where(
+    lambda: select(
+        _users.c.id, _users.c.hashed_password, _users.c.is_active, _users.c.token_version
+    ).where(
         # the column's collation makes this comparison case-insensitive on every backend
         _users.c.username == bindparam("username", type_=String)
     )
@@ -293,9 +310,7 @@ def _me(as_json: bool) -> Statement:
 
     def build() -> Any:
         return select(*_private_columns(as_json)).where(
-            _users.c.id == bindparam("user_id", type_=Integer),
-            _users.c.is_active == true(),
-            password_stamp(_users.c.hashed_password) == bindparam("stamp", type_=String),
+            _users.c.id == bindparam("user_id", type_=Integer), holds_token(_users)
         )
 
     return Statement(build)
@@ -304,9 +319,10 @@ def _me(as_json: bool) -> Statement:
 _ME = {True: _me(as_json=True), False: _me(as_json=False)}
 
 
-async def me(link: Reader, *, user_id: int, stamp: str) -> Versioned | None:
+async def me(link: Reader, *, user_id: int, stamp: str, token_version: int) -> Versioned | None:
     as_json = renders_json(link)
-    return _private_view(await link.row(_ME[as_json], user_id=user_id, stamp=stamp), as_json)
+    row = await link.row(_ME[as_json], user_id=user_id, stamp=stamp, token_version=token_version)
+    return _private_view(row, as_json)
 
 
 def _private_by_id(as_json: bool) -> Statement:
@@ -332,8 +348,20 @@ def _update() -> Any:
     return (
         update(_users)
         .where(_users.c.id == bindparam("user_id", type_=Integer), version_matches(_users))
-        .ordered_values(*touched(_users, changed).items(), *values.items())
+        .ordered_values(
+            *touched(_users, changed).items(), ("token_version", _ends_tokens()), *values.items()
+        )
     )
+
+
+def _ends_tokens() -> ColumnElement[int]:
+    """A new password or a deactivation ends every token issued before (the user's token
+    version moves; reactivating does not move it back)."""
+    new_password = bindparam("hashed_password", type_=String).is_not(None)
+    deactivated = and_(
+        bindparam("is_active", type_=Boolean) == false(), _users.c.is_active == true()
+    )
+    return _users.c.token_version + case((or_(new_password, deactivated), 1), else_=0)
 
 
 _UPDATE = Statement(_update)
@@ -349,6 +377,20 @@ _DELETE = Statement(
 _BALANCE = Statement(
     lambda: select(_users.c.balance).where(_users.c.id == bindparam("user_id", type_=Integer))
 )
+
+
+_PASSWORD_HASH = Statement(
+    lambda: select(_users.c.hashed_password).where(
+        _users.c.id == bindparam("user_id", type_=Integer)
+    )
+)
+
+
+async def password_hash(link: Reader, user_id: int) -> str | None:
+    if not valid_id(user_id):
+        return None
+    hashed: str | None = await link.value(_PASSWORD_HASH, user_id=user_id)
+    return hashed
 
 
 async def private_view(link: Reader, user_id: int) -> Versioned | None:

@@ -9,9 +9,16 @@ from dataclasses import dataclass
 from asyncblog.db.database import Database
 from asyncblog.errors import BadRequest, TooManyRequests, Unauthorized
 from asyncblog.repositories.base import valid_id
+from asyncblog.repositories.sessions import end_every_login, end_login, renew, start_family
 from asyncblog.repositories.users import CALLER, LOGIN
-from asyncblog.schemas import USERNAME_PATTERN
-from asyncblog.security import AccessClaims, PasswordHasher, TokenCodec, password_stamp
+from asyncblog.schemas import USERNAME_PATTERN, Token
+from asyncblog.security import (
+    AccessClaims,
+    PasswordHasher,
+    TokenCodec,
+    password_stamp,
+    refresh_digest,
+)
 from asyncblog.throttle import LoginThrottle
 
 WRONG_CREDENTIALS = "Incorrect username or password"
@@ -19,6 +26,7 @@ WRONG_CREDENTIALS = "Incorrect username or password"
 # looked up at all.
 USERNAME = re.compile(USERNAME_PATTERN)
 INVALID_TOKEN = "Could not validate credentials"
+INVALID_REFRESH = "Invalid or expired refresh token"
 
 
 class AuthService:
@@ -34,8 +42,8 @@ class AuthService:
         self.tokens = tokens
         self.throttle = throttle
 
-    async def login(self, username: str, password: str, client: str | None = None) -> str:
-        """An access token for these credentials.
+    async def login(self, username: str, password: str, client: str | None = None) -> Token:
+        """An access token and the first refresh token of a new login, for these credentials.
 
         An unknown username costs the same Argon2 verification as a known one and gets the same
         answer, so neither the status nor the timing tells which usernames exist. Repeated
@@ -59,7 +67,7 @@ class AuthService:
             await self.throttle.succeeded(username)
         return token
 
-    async def _login(self, username: str, password: str) -> str:
+    async def _login(self, username: str, password: str) -> Token:
         row = None
         if USERNAME.fullmatch(username):  # else no such user can exist; skip the query
             async with self.db.reader() as link:  # ended before the slow verification
@@ -67,10 +75,46 @@ class AuthService:
         hashed = row[1] if row is not None else None
         if not await self.hasher.verify(password, hashed) or row is None:
             raise Unauthorized(WRONG_CREDENTIALS)
-        user_id, hashed_password, is_active = row
+        user_id, hashed_password, is_active, token_version = row
         if not is_active:
             raise BadRequest("Inactive user")
-        return self.tokens.issue(user_id, hashed_password)
+        async with self.db.writer() as link:
+            refresh = await start_family(
+                link,
+                user_id=user_id,
+                token_version=token_version,
+                lifetime=self.tokens.refresh_lifetime,
+            )
+        return self._pair(user_id, hashed_password, token_version, refresh)
+
+    def _pair(self, user_id: int, hashed_password: str, token_version: int, refresh: str) -> Token:
+        return Token(
+            access_token=self.tokens.issue(user_id, hashed_password, token_version),
+            expires_in=int(self.tokens.lifetime.total_seconds()),
+            refresh_token=refresh,
+        )
+
+    async def refresh(self, refresh_token: str) -> Token:
+        """Spend a refresh token for a new access token and the next refresh token (401 for
+        one that is unknown, expired, ended or spent; a spent one ends its login)."""
+        async with self.db.writer() as link:
+            renewed = await renew(
+                link, digest=refresh_digest(refresh_token), lifetime=self.tokens.refresh_lifetime
+            )
+        if renewed is None:
+            raise Unauthorized(INVALID_REFRESH)
+        return self._pair(
+            renewed.user_id, renewed.hashed_password, renewed.token_version, renewed.refresh_token
+        )
+
+    async def logout(self, caller: Caller, refresh_token: str | None, every_login: bool) -> None:
+        """End one login (the family of `refresh_token`), or with `every_login` all of them and
+        every access token issued before."""
+        async with self.db.writer() as link:
+            if every_login:
+                await end_every_login(link, user_id=caller.id)
+            elif refresh_token is not None:
+                await end_login(link, user_id=caller.id, digest=refresh_digest(refresh_token))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +133,9 @@ async def caller_of(db: Database, claims: AccessClaims | None) -> Caller:
         row = await link.row(CALLER, user_id=claims.user_id)
     if row is None:
         raise Unauthorized(INVALID_TOKEN)
-    is_active, is_admin, hashed = row
-    if not is_active or password_stamp(hashed) != claims.password_stamp:
+    is_active, is_admin, hashed, token_version = row
+    if not is_active or token_version != claims.token_version:
+        raise Unauthorized(INVALID_TOKEN)
+    if password_stamp(hashed) != claims.password_stamp:
         raise Unauthorized(INVALID_TOKEN)
     return Caller(claims.user_id, bool(is_admin))

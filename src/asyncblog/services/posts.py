@@ -37,6 +37,7 @@ class Posts:
                 link,
                 author_id=claims.user_id,
                 stamp=claims.password_stamp,
+                token_version=claims.token_version,
                 title=data.title,
                 content=data.content,
             )

@@ -77,6 +77,7 @@ class TransferService:
                         link,
                         sender_id=sender_id,
                         stamp=claims.password_stamp,
+                        token_version=claims.token_version,
                         to_id=data.to_user_id,
                         amount=data.amount,
                         key=key,

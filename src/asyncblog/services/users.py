@@ -12,6 +12,7 @@ from asyncblog.db.errors import translated
 from asyncblog.errors import (
     Conflict,
     Forbidden,
+    Invalid,
     NotFound,
     PreconditionFailed,
     Unauthorized,
@@ -24,6 +25,7 @@ from asyncblog.repositories.users import (
     LOGIN,
     delete_user,
     me,
+    password_hash,
     private_view,
     register,
     update_user,
@@ -141,9 +143,10 @@ class BulkUsers:
         return conflicts
 
     async def bulk_set_active(self, ids: Sequence[int], is_active: bool) -> int:
-        updated = await self.users.bulk_update(
-            ids, {"is_active": is_active, "version": User.version + 1}
-        )
+        values = {"is_active": is_active, "version": User.version + 1}
+        if not is_active:  # a deactivation ends every token (reactivation does not restore)
+            values["token_version"] = User.token_version + 1
+        updated = await self.users.bulk_update(ids, values)
         await self.session.commit()
         return updated
 
@@ -193,7 +196,12 @@ class Users:
         if claims is None or not valid_id(claims.user_id):
             raise Unauthorized(INVALID_TOKEN)
         async with self.db.reader() as link:
-            view = await me(link, user_id=claims.user_id, stamp=claims.password_stamp)
+            view = await me(
+                link,
+                user_id=claims.user_id,
+                stamp=claims.password_stamp,
+                token_version=claims.token_version,
+            )
         if view is None:
             raise Unauthorized(INVALID_TOKEN)
         return view
@@ -206,8 +214,12 @@ class Users:
         if caller.id != user_id and not caller.is_admin:
             raise Forbidden("Not allowed to change another user")
         changes = data.model_dump(exclude_unset=True)
+        current = changes.pop("current_password", None)
         if "is_active" in changes and not caller.is_admin:
             raise Forbidden("Only an admin may change is_active")
+        if caller.id == user_id and ("password" in changes or "email" in changes):
+            # a stolen access token alone must not take the account for good
+            await self._check_current_password(user_id, current)
         if "password" in changes:  # before the unit of work: no connection waits on Argon2
             changes["hashed_password"] = await self.hasher.hash(changes.pop("password"))
         try:
@@ -228,6 +240,16 @@ class Users:
         if view is None:
             raise NotFound(USER_NOT_FOUND)
         return view
+
+    async def _check_current_password(self, user_id: int, current: str | None) -> None:
+        if current is None:
+            raise Invalid("current_password is required to change the password or email")
+        async with self.db.reader() as link:
+            hashed = await password_hash(link, user_id)
+        if hashed is None:
+            raise NotFound(USER_NOT_FOUND)
+        if not await self.hasher.verify(current, hashed):
+            raise Forbidden("Current password is incorrect")
 
     async def delete(self, caller: Caller, user_id: int) -> None:
         """Delete an account whose balance is 0.00 (409 otherwise: money never leaves the

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from asyncblog.api.deps import auth_of
+from asyncblog.api.deps import CurrentCaller, auth_of
 from asyncblog.api.overrides import OVERRIDES
-from asyncblog.api.responses import COMMON_RESPONSES, errors
-from asyncblog.schemas import Token
+from asyncblog.api.responses import COMMON_RESPONSES, NO_STORE, errors
+from asyncblog.schemas import LogoutRequest, RefreshRequest, Token
 
 router = APIRouter(
     prefix="/auth",
@@ -18,12 +18,24 @@ router = APIRouter(
 )
 
 
-@router.post(
-    "/token",
-    response_model=Token,
-    responses=errors(400, 401, 429),
-)
-async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request) -> Token:
+@router.post("/token", response_model=Token, responses=errors(400, 401, 429))
+async def login(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response
+) -> Token:
     client = request.client.host if request.client else None
-    token = await auth_of(request).login(form.username, form.password, client)
-    return Token(access_token=token)
+    response.headers.update(NO_STORE)
+    return await auth_of(request).login(form.username, form.password, client)
+
+
+@router.post("/refresh", response_model=Token, responses=errors(401))
+async def refresh(data: RefreshRequest, request: Request, response: Response) -> Token:
+    """A new access token and the next refresh token; the one sent is spent."""
+    response.headers.update(NO_STORE)
+    return await auth_of(request).refresh(data.refresh_token)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=errors(401))
+async def logout(data: LogoutRequest, caller: CurrentCaller, request: Request) -> Response:
+    """End the login of `refresh_token`, or with `all: true` every login of the caller."""
+    await auth_of(request).logout(caller, data.refresh_token, data.all)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

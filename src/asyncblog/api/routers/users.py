@@ -21,6 +21,7 @@ from asyncblog.api.responses import (
     ETAG_HEADER,
     PRECONDITION_FAILED,
     errors,
+    json_bytes,
     versioned,
 )
 from asyncblog.schemas import (
@@ -63,7 +64,7 @@ UNAUTHORIZED = errors(401)
 )
 async def register(data: UserCreate, request: Request) -> Response:
     users = users_of(request)
-    return versioned(await users.register(data), 201)
+    return versioned(await users.register(data), 201, private=True)
 
 
 @router.get(
@@ -75,7 +76,7 @@ async def register(data: UserCreate, request: Request) -> Response:
 async def list_users(page: PageParams, request: Request, caller: OptionalUser) -> Response:
     users = users_of(request)
     body = await users.page(skip=page.skip, limit=page.limit, after_id=page.after_id, caller=caller)
-    return Response(body, media_type="application/json")
+    return json_bytes(body, private=caller is not None)
 
 
 @router.get("/count", response_model=Count)
@@ -87,7 +88,7 @@ async def count_users(request: Request) -> Count:
 @router.get("/me", response_model=UserPrivate, responses={**ERRORS, 200: {"headers": ETAG_HEADER}})
 async def me(request: Request, claims: Claims) -> Response:
     users = users_of(request)
-    return versioned(await users.me(claims))
+    return versioned(await users.me(claims), private=True)
 
 
 @router.get(
@@ -98,7 +99,7 @@ async def me(request: Request, claims: Claims) -> Response:
 )
 async def get_user(user_id: UserId, request: Request, caller: OptionalUser) -> Response:
     users = users_of(request)
-    return Response(await users.document(user_id, caller), media_type="application/json")
+    return json_bytes(await users.document(user_id, caller), private=caller is not None)
 
 
 @router.patch(
@@ -115,7 +116,7 @@ async def update_user(
 ) -> Response:
     users = users_of(request)
     expected = expected_version(if_match)
-    return versioned(await users.update(caller, user_id, data, expected=expected))
+    return versioned(await users.update(caller, user_id, data, expected=expected), private=True)
 
 
 @router.delete(
