@@ -296,6 +296,31 @@ def test_bad_setting_is_one_line_and_exit_code_2(
     assert list(tmp_path.iterdir()) == []  # nothing was created
 
 
+@pytest.mark.parametrize("key", ["short", "x" * 31, "é" * 15])  # 5, 31, 30 bytes
+def test_a_short_secret_key_stops_start_up_in_one_line(
+    tmp_path: Path, sqlite_file: Path, key: str
+) -> None:
+    env = cli_env(f"sqlite+aiosqlite:///{sqlite_file}", SECRET_KEY=key)
+    result = run_cli("serve", env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "SECRET_KEY" in lines[0] and "32 bytes" in lines[0]
+    assert key not in result.stderr
+    assert not sqlite_file.exists()
+
+
+def test_a_new_sqlite_file_is_readable_by_its_owner_only(
+    env: dict[str, str], sqlite_file: Path, tmp_path: Path
+) -> None:
+    ok(run_cli("migrate", env=env, cwd=tmp_path))
+    modes = {p.name: p.stat().st_mode & 0o777 for p in sqlite_file.parent.iterdir()}
+    assert modes[sqlite_file.name] == 0o600, modes
+    for suffix in ("-wal", "-shm"):  # SQLite gives them the database file's mode
+        if sqlite_file.name + suffix in modes:
+            assert modes[sqlite_file.name + suffix] == 0o600, modes
+
+
 def test_partial_first_admin_setting_is_one_line(tmp_path: Path, sqlite_file: Path) -> None:
     env = cli_env(f"sqlite+aiosqlite:///{sqlite_file}", FIRST_ADMIN_USERNAME="root")
     result = run_cli("migrate", env=env, cwd=tmp_path, timeout=60)

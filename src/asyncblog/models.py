@@ -51,6 +51,12 @@ NAMING_CONVENTION = {
 }
 
 
+# Ids are never given twice: a user registered after the newest one was deleted must not get
+# its id (its ledger, its idempotency keys). PostgreSQL's sequences and InnoDB's persisted
+# AUTO_INCREMENT never go back; SQLite reuses max(id)+1 unless the table is AUTOINCREMENT.
+NEVER_REUSED = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -75,6 +81,7 @@ class User(TimestampMixin, Base):
         UniqueConstraint("username"),
         UniqueConstraint("email"),
         CheckConstraint("balance >= 0", name="balance_not_negative"),
+        NEVER_REUSED,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -104,7 +111,7 @@ class User(TimestampMixin, Base):
 class Post(TimestampMixin, Base):
     __tablename__ = "posts"
     # An author's posts in id order (the embedded first posts, pages by author); serves the FK.
-    __table_args__ = (Index("ix_posts_author_id_id", "author_id", "id"),)
+    __table_args__ = (Index("ix_posts_author_id_id", "author_id", "id"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(TITLE_MAX))

@@ -836,3 +836,17 @@ async def test_a_user_with_many_posts_gets_a_bounded_document(api: Api) -> None:
     next_ids = [p["id"] for p in following.json()]
     assert len(next_ids) == min(100, count - 100) and next_ids[0] > embedded[-1]
     assert all(p["author_id"] == user["id"] for p in following.json())
+
+
+async def test_ids_are_never_reused(api: Api) -> None:
+    """API.md: a user registered after the newest one was deleted never gets its id (nor its
+    ledger history or idempotency keys); nor does a post."""
+    first, _ = await api.user()
+    newest, headers = await api.user()
+    post = await new_post(api, headers)
+    assert (await api.client.delete(f"/users/{newest['id']}", headers=headers)).status_code == 204
+
+    after, after_headers = await api.user()
+    assert after["id"] > newest["id"] > first["id"]
+    assert (await api.client.get("/transfers", headers=after_headers)).json() == []
+    assert (await new_post(api, after_headers))["id"] > post["id"]

@@ -16,7 +16,9 @@ rollback would cost a thread hop on SQLite and a round trip on MariaDB per reque
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -103,10 +105,25 @@ def create_engine(
     engine = create_async_engine(url, **options)
     event.listen(engine.sync_engine.pool, "reset", _reset_if_in_transaction)
     if engine.dialect.name == "sqlite":
+        if not sqlite_in_memory(url):
+            _create_private(Path(str(url.database)))
         _setup_sqlite(engine, settings, in_memory=sqlite_in_memory(url))
     elif "poolclass" not in overrides:
         _ping_idle_connections(engine, settings.pool_ping_after_idle)
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create a new SQLite file readable by its owner only (0600), before SQLite does (it would
+    make it 0644 under the usual umask): it holds password hashes and refresh-token digests.
+    SQLite gives its -wal and -shm files the database file's permissions. An existing file is
+    left as it is."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:  # a missing directory, a read-only place: SQLite reports it better
+        pass
 
 
 def in_transaction(driver_connection: Any) -> bool:
