@@ -55,8 +55,14 @@ class Settings(BaseSettings):
     # Failed logins: after this many for one username or one client address within the
     # window, further attempts get 429 until the window passes. REDIS_URL shares the counts
     # between processes; without it they are per process.
+    # Failed logins: per (username, client address) pair, per address across usernames, per
+    # username across addresses (asyncblog.throttle).
     login_max_failures: int = Field(default=5, ge=1)
     login_failure_window_seconds: int = Field(default=300, ge=1)
+    login_max_failures_per_address: int = Field(default=100, ge=1)
+    login_max_failures_per_username: int = Field(default=20, ge=1)
+    login_username_window_seconds: int = Field(default=900, ge=1)
+    register_max_per_minute: int = Field(default=20, ge=0)  # per client address; 0: no limit
     redis_url: str | None = None
 
     first_admin_username: str | None = None
@@ -78,6 +84,8 @@ class Settings(BaseSettings):
     argon2_memory_cost_kib: int = Field(default=65536, ge=8, le=4 * 1024 * 1024)
     argon2_parallelism: int = Field(default=4, ge=1, le=64)
     password_hash_threads: int = Field(default=max(os.cpu_count() or 1, 1), ge=1, le=256)
+    # Hashes allowed to wait for a thread; past it a request is answered 503 at once.
+    password_hash_max_waiting: int = Field(default=64, ge=0)
 
     @field_validator("database_url")
     @classmethod

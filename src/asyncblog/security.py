@@ -7,9 +7,9 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import jwt
@@ -23,6 +23,8 @@ from asyncblog.db.types import sha256_stamp
 from asyncblog.errors import Unavailable
 
 ALGORITHM = "HS256"
+BUSY = "Too many password checks at once; retry shortly"
+_T = TypeVar("_T")
 
 
 class PasswordHasher:
@@ -44,11 +46,26 @@ class PasswordHasher:
             )
         )
         self._limiter = anyio.CapacityLimiter(settings.password_hash_threads)
+        # anyio's limiter queues without bound: a flood of registrations or logins would wait
+        # minutes behind each other, every real login with them. Past this many waiting, 503.
+        self._bound = settings.password_hash_threads + settings.password_hash_max_waiting
+        self._in_flight = 0
         self._dummy: str | None = None
 
+    async def _in_thread(self, work: Callable[..., _T], *args: Any) -> _T:
+        """Run Argon2 in a worker thread, with the request's pool slot given back meanwhile;
+        503 at once when the queue is full."""
+        if self._in_flight >= self._bound:
+            raise Unavailable(BUSY)
+        self._in_flight += 1
+        try:
+            async with slot_released():
+                return await to_thread.run_sync(work, *args, limiter=self._limiter)
+        finally:
+            self._in_flight -= 1
+
     async def hash(self, password: str) -> str:
-        async with slot_released():
-            return await to_thread.run_sync(self._hash.hash, password, limiter=self._limiter)
+        return await self._in_thread(self._hash.hash, password)
 
     async def hash_many(self, passwords: Sequence[str]) -> list[str]:
         """Hash a batch using at most half of the hashing threads, so that logins and
@@ -75,10 +92,7 @@ class PasswordHasher:
 
     async def _verify(self, password: str, hashed: str) -> bool:
         try:
-            async with slot_released():
-                return await to_thread.run_sync(
-                    self._hash.verify, password, hashed, limiter=self._limiter
-                )
+            return await self._in_thread(self._hash.verify, password, hashed)
         except Unavailable:
             raise
         except Exception:  # a malformed stored hash is a failed login, not a 500

@@ -1,16 +1,30 @@
-"""Slowing down password guessing: failed logins counted per username and per client address.
+"""Slowing down password guessing and mass registration, fairly and under concurrency.
 
-After `LOGIN_MAX_FAILURES` failures for a key within `LOGIN_FAILURE_WINDOW_SECONDS`, attempts
-for that key are refused with 429 until the window (which starts at the first failure) passes.
-A successful login clears the username's count. Counts live in this process, or in Redis when
-`REDIS_URL` is set so that every worker and replica shares them.
+Every login attempt first **reserves** a place under three limits, atomically, before any
+password is checked: the (username, client address) pair (`LOGIN_MAX_FAILURES` in
+`LOGIN_FAILURE_WINDOW_SECONDS`), the address across usernames (`LOGIN_MAX_FAILURES_PER_ADDRESS`)
+and the username across addresses (`LOGIN_MAX_FAILURES_PER_USERNAME` in
+`LOGIN_USERNAME_WINDOW_SECONDS`). An attempt over any limit is refused (429) and reserves
+nothing; one that succeeds gives its reservation back; one that fails keeps it, as a failure. So
+of thousands of attempts sent at once, no more than the limit have their password checked, and
+five mistyped passwords lock out that pair only, not everyone behind the same address.
+
+Registrations are counted per address (`REGISTER_MAX_PER_MINUTE`).
+
+Counts live in Redis when `REDIS_URL` is set (one Lua script per reservation: every worker and
+host shares them), else in this process, in an LRU of bounded size. If Redis cannot be reached,
+attempts go ahead (logged): an outage of the throttle must not become an outage of logging in.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from redis.exceptions import RedisError
@@ -20,127 +34,199 @@ from asyncblog.schemas import USERNAME_PATTERN
 
 logger = logging.getLogger("asyncblog.throttle")
 USERNAME = re.compile(USERNAME_PATTERN)
+MEMORY_KEYS = 100_000  # in-process counts kept at most (oldest dropped first)
+REDIS_CONNECTIONS = 16
 
 
-class FailureCounter(Protocol):
-    async def failures(self, key: str) -> tuple[int, float]:
-        """(count, seconds until the count expires)."""
+@dataclass(frozen=True, slots=True)
+class Limit:
+    key: str
+    max_count: int
+    window: int  # seconds, from the first counted attempt
 
-    async def add_failure(self, key: str) -> None: ...
 
-    async def clear(self, key: str) -> None: ...
+class Counter(Protocol):
+    async def reserve(self, limits: Sequence[Limit]) -> float:
+        """Count one attempt under every limit, or under none if any is full: 0.0 when
+        counted, else the seconds until the fullest one frees."""
+
+    async def release(self, keys: Sequence[str], *, clear: int = 0) -> None:
+        """Give back one counted attempt under each key; the first `clear` keys are emptied
+        instead (a login that succeeded forgets its pair's failures)."""
 
     async def close(self) -> None: ...
 
 
 class MemoryCounter:
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self._counts: dict[str, tuple[int, float]] = {}
+    """Counts in this process. Each call runs without awaiting, so on the event loop it is
+    atomic. An OrderedDict as an LRU: a flood of distinct keys evicts the oldest in O(1),
+    with no rebuild of the whole table."""
 
-    def _live(self, key: str) -> tuple[int, float]:
+    def __init__(self, max_keys: int = MEMORY_KEYS) -> None:
+        self.max_keys = max_keys
+        self._counts: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def _live(self, key: str, now: float) -> tuple[int, float]:
         count, expires = self._counts.get(key, (0, 0.0))
-        if expires <= time.monotonic():
-            self._counts.pop(key, None)
-            return 0, 0.0
-        return count, expires
+        return (count, expires) if expires > now else (0, 0.0)
 
-    async def failures(self, key: str) -> tuple[int, float]:
-        count, expires = self._live(key)
-        return count, max(expires - time.monotonic(), 0.0)
+    async def reserve(self, limits: Sequence[Limit]) -> float:
+        now = time.monotonic()
+        wait = 0.0
+        for limit in limits:
+            count, expires = self._live(limit.key, now)
+            if count >= limit.max_count:
+                wait = max(wait, expires - now, 1.0)
+        if wait:
+            return wait
+        for limit in limits:
+            count, expires = self._live(limit.key, now)
+            self._counts[limit.key] = (count + 1, expires or now + limit.window)
+            self._counts.move_to_end(limit.key)
+        while len(self._counts) > self.max_keys:
+            self._counts.popitem(last=False)
+        return 0.0
 
-    async def add_failure(self, key: str) -> None:
-        count, expires = self._live(key)
-        if len(self._counts) > 100_000:  # bound memory under a flood of distinct keys
-            now = time.monotonic()
-            self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
-        self._counts[key] = (count + 1, expires or time.monotonic() + self.window)
-
-    async def clear(self, key: str) -> None:
-        self._counts.pop(key, None)
+    async def release(self, keys: Sequence[str], *, clear: int = 0) -> None:
+        now = time.monotonic()
+        for index, key in enumerate(keys):
+            count, expires = self._live(key, now)
+            if count > 1 and index >= clear:
+                self._counts[key] = (count - 1, expires)
+            else:
+                self._counts.pop(key, None)
 
     async def close(self) -> None:
         self._counts.clear()
 
 
+# KEYS: the counters; ARGV: their maxima, then their windows in ms. Checks every limit first and
+# counts under all or none, in one atomic step.
+_RESERVE = """
+local n = #KEYS
+local wait = 0
+for i = 1, n do
+  local count = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if count >= tonumber(ARGV[i]) then
+    local ttl = redis.call('PTTL', KEYS[i])
+    if ttl < 1000 then ttl = 1000 end
+    if ttl > wait then wait = ttl end
+  end
+end
+if wait > 0 then return wait end
+for i = 1, n do
+  if redis.call('INCR', KEYS[i]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[n + i])
+  end
+end
+return 0
+"""
+_RELEASE = """
+for i = 1, #KEYS do
+  if i <= tonumber(ARGV[1]) then
+    redis.call('DEL', KEYS[i])
+  elseif redis.call('EXISTS', KEYS[i]) == 1 then
+    local left = redis.call('DECR', KEYS[i])
+    if left <= 0 then redis.call('DEL', KEYS[i]) end
+  end
+end
+return 0
+"""
+
+
 class RedisCounter:
-    def __init__(self, url: str, window: int) -> None:
-        from redis.asyncio import Redis
+    def __init__(self, url: str) -> None:
+        from redis.asyncio import BlockingConnectionPool, Redis
 
-        self.window = window
-        self.redis = Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        # A bounded pool that waits for a free connection: redis-py's default opens one per
+        # concurrent call, and a flood of attempts would then time out connecting, which the
+        # throttle takes for an outage and lets through (seen: 199 of 500 at once).
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=5.0,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+        )
+        self.redis = Redis(connection_pool=pool)
+        self._reserve = self.redis.register_script(_RESERVE)
+        self._release = self.redis.register_script(_RELEASE)
 
-    async def failures(self, key: str) -> tuple[int, float]:
-        name = f"asyncblog:login:{key}"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(name)
-            pipe.pttl(name)
-            count, ttl = await pipe.execute()
-        return int(count or 0), max(int(ttl), 0) / 1000
+    async def reserve(self, limits: Sequence[Limit]) -> float:
+        keys = [f"asyncblog:throttle:{limit.key}" for limit in limits]
+        args = [limit.max_count for limit in limits] + [limit.window * 1000 for limit in limits]
+        wait_ms = int(await self._reserve(keys=keys, args=args))
+        return wait_ms / 1000
 
-    async def add_failure(self, key: str) -> None:
-        name = f"asyncblog:login:{key}"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(name)
-            pipe.expire(name, self.window, nx=True)
-            await pipe.execute()
-
-    async def clear(self, key: str) -> None:
-        await self.redis.delete(f"asyncblog:login:{key}")
+    async def release(self, keys: Sequence[str], *, clear: int = 0) -> None:
+        await self._release(keys=[f"asyncblog:throttle:{key}" for key in keys], args=[clear])
 
     async def close(self) -> None:
         await self.redis.aclose()
 
 
-class LoginThrottle:
-    def __init__(self, counter: FailureCounter, max_failures: int) -> None:
+class Throttle:
+    """The login and registration limits of the contract over one `Counter`."""
+
+    def __init__(self, counter: Counter, settings: Settings) -> None:
         self.counter = counter
-        self.max_failures = max_failures
+        s = settings
+        self.pair = (s.login_max_failures, s.login_failure_window_seconds)
+        self.address = (s.login_max_failures_per_address, s.login_failure_window_seconds)
+        self.username = (s.login_max_failures_per_username, s.login_username_window_seconds)
+        self.registrations = s.register_max_per_minute
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LoginThrottle:
-        window = settings.login_failure_window_seconds
-        counter: FailureCounter = (
-            RedisCounter(settings.redis_url, window)
-            if settings.redis_url
-            else MemoryCounter(window)
+    def from_settings(cls, settings: Settings) -> Throttle:
+        counter: Counter = (
+            RedisCounter(settings.redis_url) if settings.redis_url else MemoryCounter()
         )
-        return cls(counter, settings.login_max_failures)
+        return cls(counter, settings)
 
-    @staticmethod
-    def keys(username: str, client: str | None) -> list[str]:
+    def login_limits(self, username: str, client: str | None) -> list[Limit]:
         # A name no account can have shares one bucket: no unbounded keys from junk input.
         name = username.lower() if USERNAME.fullmatch(username) else "<malformed>"
-        keys = [f"user:{name}"]
-        if client:
-            keys.append(f"addr:{client}")
-        return keys
+        address = client or "<unknown>"
+        return [
+            Limit(f"pair:{name}:{address}", *self.pair),
+            Limit(f"addr:{address}", *self.address),
+            Limit(f"user:{name}", *self.username),
+        ]
 
-    async def retry_after(self, keys: list[str]) -> float:
-        """0 if an attempt may go ahead, else the seconds to wait. If the counter store (Redis)
-        is unreachable, logins go ahead unthrottled and a warning is logged: an outage of the
-        throttle must not become an outage of logging in."""
-        wait = 0.0
-        for key in keys:
-            try:
-                count, ttl = await self.counter.failures(key)
-            except RedisError as exc:
-                logger.warning("login throttle unavailable: %s", exc)
-                return 0.0
-            if count >= self.max_failures:
-                wait = max(wait, ttl, 1.0)
-        return wait
-
-    async def failed(self, keys: list[str]) -> None:
-        for key in keys:
-            try:
-                await self.counter.add_failure(key)
-            except RedisError as exc:
-                logger.warning("login throttle unavailable: %s", exc)
-                return
-
-    async def succeeded(self, username: str) -> None:
+    async def reserve(self, limits: Sequence[Limit]) -> float:
+        """0 if the attempt may go ahead (and is counted), else the seconds to wait."""
         try:
-            await self.counter.clear(self.keys(username, None)[0])
+            return await self.counter.reserve(limits)
         except RedisError as exc:
-            logger.warning("login throttle unavailable: %s", exc)
+            logger.warning("throttle unavailable, attempt let through: %s", exc)
+            return 0.0
+
+    async def release(self, limits: Sequence[Limit]) -> None:
+        """An attempt that was neither a success nor a failed guess (an inactive user, the
+        service unavailable): its place is given back everywhere."""
+        try:
+            await self.counter.release([limit.key for limit in limits])
+        except RedisError as exc:
+            logger.warning("throttle unavailable: %s", exc)
+
+    async def succeeded(self, limits: Sequence[Limit]) -> None:
+        """A login that succeeded: its pair forgets its failures, and the address and the
+        username get this attempt's place back."""
+        try:
+            await self.counter.release([limit.key for limit in limits], clear=1)
+        except RedisError as exc:
+            logger.warning("throttle unavailable: %s", exc)
+
+    async def registration(self, client: str | None) -> float:
+        """Count a registration from this address: 0, or the seconds to wait (429)."""
+        if not self.registrations:
+            return 0.0
+        limit = Limit(f"register:{client or '<unknown>'}", self.registrations, 60)
+        return await self.reserve([limit])
+
+    async def close(self) -> None:
+        await self.counter.close()
+
+
+def retry_after(wait: float) -> dict[str, str]:
+    return {"Retry-After": str(math.ceil(wait))}

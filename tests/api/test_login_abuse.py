@@ -4,8 +4,9 @@
   the same status, headers and body, and do the same work (one Argon2 verification with the same
   cost parameters). Timing is not measured; the work is counted with a wrapper around the real
   hasher.
-- Throttling (LOGIN_MAX_FAILURES within LOGIN_FAILURE_WINDOW_SECONDS, per username and per client
-  address; `asyncblog.throttle`), with the in-process counter and with Redis (REDIS_URL).
+- Throttling (`asyncblog.throttle`: per (username, address) pair, per address across usernames,
+  per username across addresses; counted before the password is checked), with the in-process
+  counter and with Redis (REDIS_URL).
 - Tokens: other algorithms are refused; a password change and a deactivation end tokens.
 """
 
@@ -33,13 +34,13 @@ from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.models import User
 from asyncblog.security import PasswordHasher
-from asyncblog.throttle import LoginThrottle
+from asyncblog.throttle import Throttle
 from tests.fixtures.app import Api
 from tests.fixtures.databases import Backend, settings_for, unavailable
 
 WRONG = {"detail": "Incorrect username or password"}
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-REDIS_PREFIX = "asyncblog:login:"
+REDIS_PREFIX = "asyncblog:throttle:"
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -263,7 +264,7 @@ class Throttled:
         for client in self.clients.values():
             await client.aclose()
         for state in self.states:
-            await state.throttle.counter.close()
+            await state.throttle.close()
 
 
 def assert_throttled(response: httpx.Response, window: int) -> None:
@@ -279,7 +280,8 @@ def assert_throttled(response: httpx.Response, window: int) -> None:
 async def redis_keys(redis: Redis, throttled: Throttled) -> dict[str, int]:
     """Our keys in Redis and their remaining lifetimes (ms)."""
     found = {}
-    for pattern in (f"user:{throttled.prefix}*", f"addr:{throttled.network}*"):
+    patterns = (f"pair:{throttled.prefix}*", f"user:{throttled.prefix}*", f"*{throttled.network}*")
+    for pattern in patterns:
         async for name in redis.scan_iter(match=REDIS_PREFIX + pattern, count=1000):
             ttl = await redis.pttl(name)
             if ttl != -2:  # -2: gone meanwhile
@@ -321,34 +323,35 @@ async def throttled(
                 await redis.aclose()
 
 
-async def test_username_is_throttled_after_max_failures(throttled: Throttled) -> None:
+async def test_a_pair_is_throttled_and_no_one_else(throttled: Throttled) -> None:
+    """Five mistyped passwords lock that username at that address only: the same user from
+    another address, and another user behind the same address, log in as usual."""
     victim = await throttled.register("victim")
-    other = await throttled.register("other")
-    # Each failure from its own address: only the username's count can reach the limit.
+    neighbour = await throttled.register("neighbour")
+    shared = throttled.address()
     for _ in range(throttled.max_failures):
-        await throttled.fail(victim["username"], throttled.address())
+        await throttled.fail(victim["username"], shared)
 
-    fresh = throttled.address()
-    right = await login(throttled.client(fresh), victim["username"])  # even the right password
+    right = await login(throttled.client(shared), victim["username"])  # even the right password
     assert_throttled(right, throttled.window)
     for variant in (victim["username"].upper(), victim["username"].capitalize()):
-        assert_throttled(
-            await login(throttled.client(throttled.address()), variant), throttled.window
-        )
-    # Another username from another address is unaffected.
-    response = await login(throttled.client(throttled.address()), other["username"])
-    assert response.status_code == 200, response.text
+        assert_throttled(await login(throttled.client(shared), variant), throttled.window)
+    elsewhere = await login(throttled.client(throttled.address()), victim["username"])
+    assert elsewhere.status_code == 200, elsewhere.text
+    behind_the_same = await login(throttled.client(shared), neighbour["username"])
+    assert behind_the_same.status_code == 200, behind_the_same.text
 
 
 async def test_unknown_username_is_throttled_like_a_real_one(throttled: Throttled) -> None:
     """Otherwise the 429 itself would tell which usernames exist."""
     real = await throttled.register("real")
     ghost = throttled.username("ghost")
+    address = throttled.address()
     for username in (real["username"], ghost):
         for _ in range(throttled.max_failures):
-            await throttled.fail(username, throttled.address())
+            await throttled.fail(username, address)
     answers = [
-        await login(throttled.client(throttled.address()), username, "wrong-password")
+        await login(throttled.client(address), username, "wrong-password")
         for username in (real["username"], ghost)
     ]
     for response in answers:
@@ -356,44 +359,57 @@ async def test_unknown_username_is_throttled_like_a_real_one(throttled: Throttle
     assert answers[0].json() == answers[1].json()
 
 
-async def test_client_address_is_throttled_across_usernames(throttled: Throttled) -> None:
+async def test_an_address_is_throttled_after_many_failures_over_many_usernames(
+    throttled: Throttled,
+) -> None:
     user = await throttled.register("target")
     attacker = throttled.address()
-    for n in range(throttled.max_failures):  # one failure per username: no username reaches it
+    limit = throttled.states[0].settings.login_max_failures_per_address
+    for n in range(limit):  # one failure per username: no pair reaches its limit
         await throttled.fail(throttled.username(f"guess{n}"), attacker)
 
     assert_throttled(await login(throttled.client(attacker), user["username"]), throttled.window)
-    assert_throttled(
-        await login(throttled.client(attacker), throttled.username("another")), throttled.window
-    )
     # The same user from another address is fine: the address, not the user, is blocked.
     response = await login(throttled.client(throttled.address()), user["username"])
     assert response.status_code == 200, response.text
 
 
-async def test_success_clears_the_username_count(throttled: Throttled) -> None:
+async def test_a_username_is_throttled_after_failures_from_many_addresses(
+    throttled: Throttled,
+) -> None:
+    victim = await throttled.register("wanted")
+    other = await throttled.register("bystander")
+    limit = throttled.states[0].settings.login_max_failures_per_username
+    for _ in range(limit):  # one failure per address: no pair, no address reaches its limit
+        await throttled.fail(victim["username"], throttled.address())
+    window = throttled.states[0].settings.login_username_window_seconds
+    assert_throttled(await login(throttled.client(throttled.address()), victim["username"]), window)
+    response = await login(throttled.client(throttled.address()), other["username"])
+    assert response.status_code == 200, response.text
+
+
+async def test_success_clears_the_pairs_count(throttled: Throttled) -> None:
     user = await throttled.register("forgetful")
+    address = throttled.address()
     for _ in range(2):
         for _ in range(throttled.max_failures - 1):
-            await throttled.fail(user["username"], throttled.address())
-        response = await login(throttled.client(throttled.address()), user["username"])
+            await throttled.fail(user["username"], address)
+        response = await login(throttled.client(address), user["username"])
         assert response.status_code == 200, response.text
-    # Without the clear it would now stand at 2 * (max - 1); it is at 0: max - 1 more still pass.
-    for _ in range(throttled.max_failures - 1):
-        await throttled.fail(user["username"], throttled.address())
-    await throttled.fail(user["username"], throttled.address())
-    assert_throttled(
-        await login(throttled.client(throttled.address()), user["username"]), throttled.window
-    )
+    # Without the clear it would now stand at 2 * (max - 1); it is at 0: max more still pass.
+    for _ in range(throttled.max_failures):
+        await throttled.fail(user["username"], address)
+    assert_throttled(await login(throttled.client(address), user["username"]), throttled.window)
 
 
 async def test_counts_are_shared_between_app_instances_with_redis(throttled: Throttled) -> None:
     """With REDIS_URL every worker sees the same counts; without it each process counts alone."""
     user = await throttled.register("shared")
     second = throttled.new_app()
+    address = throttled.address()
     for _ in range(throttled.max_failures):
-        await throttled.fail(user["username"], throttled.address(), app=0)
-    response = await login(throttled.client(throttled.address(), app=second), user["username"])
+        await throttled.fail(user["username"], address, app=0)
+    response = await login(throttled.client(address, app=second), user["username"])
     if throttled.kind == "redis":
         assert_throttled(response, throttled.window)
     else:
@@ -406,21 +422,23 @@ async def test_redis_holds_the_counts_with_an_expiry(throttled: Throttled) -> No
     address = throttled.address()
     await throttled.fail(user["username"], address)
     redis = Redis.from_url(REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
+    name = user["username"].lower()
+    pair_key = f"{REDIS_PREFIX}pair:{name}:{address}"
+    addr_key = f"{REDIS_PREFIX}addr:{address}"
+    user_key = f"{REDIS_PREFIX}user:{name}"
     try:
-        user_key = f"{REDIS_PREFIX}user:{user['username'].lower()}"
-        addr_key = f"{REDIS_PREFIX}addr:{address}"
-        assert int(await redis.get(user_key) or 0) == 1
-        assert int(await redis.get(addr_key) or 0) == 1
-        for key in (user_key, addr_key):
+        for key in (pair_key, addr_key, user_key):
+            assert int(await redis.get(key) or 0) == 1, key
             ttl = await redis.pttl(key)
-            assert 0 < ttl <= throttled.window * 1000, (key, ttl)
+            assert 0 < ttl <= 900 * 1000, (key, ttl)
         await throttled.fail(user["username"], address)
-        assert int(await redis.get(user_key) or 0) == 2
-        # A success deletes the username's key; the address keeps its count.
-        response = await login(throttled.client(throttled.address()), user["username"])
+        assert int(await redis.get(pair_key) or 0) == 2
+        # A success deletes the pair's key; the address and the username keep their failures.
+        response = await login(throttled.client(address), user["username"])
         assert response.status_code == 200
-        assert await redis.exists(user_key) == 0
+        assert await redis.exists(pair_key) == 0
         assert int(await redis.get(addr_key) or 0) == 2
+        assert int(await redis.get(user_key) or 0) == 2
     finally:
         await redis.aclose()
 
@@ -542,7 +560,7 @@ async def test_deactivation_ends_tokens(api: Api, how: str) -> None:
 async def test_an_unreachable_redis_does_not_stop_logins(api: Api, backend: Backend) -> None:
     """The throttle's store being down is a warning in the log, not a 500 for every login."""
     dead = settings_for(backend.url, redis_url="redis://127.0.0.1:1/0")
-    api.state.throttle = LoginThrottle.from_settings(dead)
+    api.state.throttle = Throttle.from_settings(dead)
     try:
         user = await api.register()
         wrong = await api.client.post(
@@ -554,4 +572,32 @@ async def test_an_unreachable_redis_does_not_stop_logins(api: Api, backend: Back
         )
         assert right.status_code == 200, right.text
     finally:
-        await api.state.throttle.counter.close()
+        await api.state.throttle.close()
+
+
+# ------------------------------------------------------------------------------ registrations
+
+
+async def test_registrations_are_limited_per_address(backend: Backend, state: AppState) -> None:
+    settings = settings_for(backend.url, register_max_per_minute=3)
+    own = AppState.build(settings, state.db)
+    app = create_app(state=own)
+
+    def client(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+    def body(name: str) -> dict[str, str]:
+        return {"username": name, "email": f"{name}@example.com", "password": "password123"}
+
+    try:
+        async with client("192.0.2.1") as first, client("192.0.2.2") as second:
+            for n in range(3):
+                assert (await first.post("/users", json=body(f"reg{n}"))).status_code == 201
+            refused = await first.post("/users", json=body("reg3"))
+            assert refused.status_code == 429
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert refused.json() == {"detail": "Too many registrations; try again later"}
+            assert (await second.post("/users", json=body("reg3"))).status_code == 201
+    finally:
+        await own.throttle.close()

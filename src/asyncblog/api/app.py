@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
             yield
         finally:
             if owned:
-                await current.throttle.counter.close()
+                await current.throttle.close()
                 await current.db.dispose()
 
     app = FastAPI(

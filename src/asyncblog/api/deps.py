@@ -108,7 +108,7 @@ def auth_of(request: HTTPConnection) -> AuthService:
 
 def users_of(request: HTTPConnection) -> Users:
     state = app_state(request)
-    return Users(state.db, state.hasher)
+    return Users(state.db, state.hasher, state.throttle)
 
 
 def posts_of(request: HTTPConnection) -> Posts:

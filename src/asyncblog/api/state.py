@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from asyncblog.config import Settings
 from asyncblog.db.database import Database
 from asyncblog.security import PasswordHasher, TokenCodec
-from asyncblog.throttle import LoginThrottle
+from asyncblog.throttle import Throttle
 
 
 @dataclass
@@ -16,7 +16,7 @@ class AppState:
     db: Database
     hasher: PasswordHasher
     tokens: TokenCodec
-    throttle: LoginThrottle
+    throttle: Throttle
 
     @classmethod
     def build(cls, settings: Settings, db: Database | None = None) -> AppState:
@@ -25,5 +25,5 @@ class AppState:
             db=db or Database.from_settings(settings),
             hasher=PasswordHasher(settings),
             tokens=TokenCodec.from_settings(settings),
-            throttle=LoginThrottle.from_settings(settings),
+            throttle=Throttle.from_settings(settings),
         )

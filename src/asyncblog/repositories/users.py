@@ -295,6 +295,25 @@ async def register(
     return view
 
 
+_TAKEN = Statement(
+    lambda: select(_users.c.username, _users.c.email).where(
+        or_(
+            _users.c.username == bindparam("username", type_=String),
+            _users.c.email == bindparam("email", type_=String),
+        )
+    )
+)
+
+
+async def taken(link: Reader, *, username: str, email: str) -> str | None:
+    """Which of this username (case-insensitively) and email someone already has: "username",
+    "email", or None. What is visible now; the unique constraints still decide a race."""
+    rows = await link.rows(_TAKEN, username=username, email=email)
+    if any(row[0].lower() == username.lower() for row in rows):
+        return "username"
+    return "email" if rows else None
+
+
 LOGIN = Statement(
     lambda: select(
         _users.c.id, _users.c.hashed_password, _users.c.is_active, _users.c.token_version

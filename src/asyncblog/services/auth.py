@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from asyncblog.security import (
     password_stamp,
     refresh_digest,
 )
-from asyncblog.throttle import LoginThrottle
+from asyncblog.throttle import Throttle, retry_after
 
 WRONG_CREDENTIALS = "Incorrect username or password"
 # MariaDB's PAD SPACE collations would match "alice " to "alice": only well-formed names are
@@ -35,7 +34,7 @@ class AuthService:
         db: Database,
         hasher: PasswordHasher,
         tokens: TokenCodec,
-        throttle: LoginThrottle | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.db = db
         self.hasher = hasher
@@ -46,25 +45,28 @@ class AuthService:
         """An access token and the first refresh token of a new login, for these credentials.
 
         An unknown username costs the same Argon2 verification as a known one and gets the same
-        answer, so neither the status nor the timing tells which usernames exist. Repeated
-        failures for a username or a client address are refused for a while (429).
+        answer, so neither the status nor the timing tells which usernames exist. The attempt
+        takes its place under the throttle's limits before any password is checked (429 when
+        full); a failure keeps it, anything else gives it back (`asyncblog.throttle`).
         """
-        keys = LoginThrottle.keys(username, client)
-        if self.throttle is not None:
-            wait = await self.throttle.retry_after(keys)
+        throttle = self.throttle
+        limits = throttle.login_limits(username, client) if throttle is not None else []
+        if throttle is not None:
+            wait = await throttle.reserve(limits)
             if wait:
                 raise TooManyRequests(
-                    "Too many failed login attempts; try again later",
-                    headers={"Retry-After": str(math.ceil(wait))},
+                    "Too many failed login attempts; try again later", headers=retry_after(wait)
                 )
         try:
             token = await self._login(username, password)
         except Unauthorized:
-            if self.throttle is not None:
-                await self.throttle.failed(keys)
+            raise  # a failed guess: it stays counted
+        except BaseException:
+            if throttle is not None:
+                await throttle.release(limits)
             raise
-        if self.throttle is not None:
-            await self.throttle.succeeded(username)
+        if throttle is not None:
+            await throttle.succeeded(limits)
         return token
 
     async def _login(self, username: str, password: str) -> Token:

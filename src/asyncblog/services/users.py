@@ -15,6 +15,7 @@ from asyncblog.errors import (
     Invalid,
     NotFound,
     PreconditionFailed,
+    TooManyRequests,
     Unauthorized,
     UniqueViolation,
 )
@@ -28,6 +29,7 @@ from asyncblog.repositories.users import (
     password_hash,
     private_view,
     register,
+    taken,
     update_user,
     user_count,
     user_document,
@@ -37,18 +39,22 @@ from asyncblog.repositories.views import Versioned
 from asyncblog.schemas import BulkUserCreate, UserCreate, UserUpdate
 from asyncblog.security import AccessClaims, PasswordHasher
 from asyncblog.services.auth import INVALID_TOKEN, Caller
+from asyncblog.throttle import Throttle, retry_after
 
 USER_NOT_FOUND = "User not found"
 NOT_EMPTY = "Balance must be zero to delete the account"
+
+
+TAKEN = {"username": "Username already registered", "email": "Email already registered"}
 
 
 def conflict_message(exc: UniqueViolation) -> str:
     """Which unique field a failed INSERT/UPDATE on users collided with."""
     name = exc.constraint
     if name in ("uq_users_username", "users.username"):
-        return "Username already registered"
+        return TAKEN["username"]
     if name in ("uq_users_email", "users.email"):
-        return "Email already registered"
+        return TAKEN["email"]
     return "Username or email already registered"
 
 
@@ -160,13 +166,29 @@ class BulkUsers:
 class Users:
     """One user at a time over the data path, answered as the views' JSON bytes."""
 
-    def __init__(self, db: Database, hasher: PasswordHasher) -> None:
+    def __init__(self, db: Database, hasher: PasswordHasher, throttle: Throttle | None = None):
         self.db = db
         self.hasher = hasher
+        self.throttle = throttle
 
-    async def register(self, data: UserCreate, *, is_admin: bool = False) -> Versioned:
-        """Create a user. Uniqueness is the database's: a concurrent twin gets a 409, not a
-        row. The password is hashed before the unit of work: no connection waits on Argon2."""
+    async def register(
+        self, data: UserCreate, *, is_admin: bool = False, client: str | None = None
+    ) -> Versioned:
+        """Create a user. Registrations are counted per client address (429 past the limit),
+        and a username or email visibly taken is refused before any hashing (Argon2 costs
+        64 MiB and tens of ms: a flood of taken names must not cost that each). Uniqueness is
+        still the database's: a concurrent twin gets a 409, not a row. The password is hashed
+        before the unit of work: no connection waits on Argon2."""
+        if self.throttle is not None and client is not None:
+            wait = await self.throttle.registration(client)
+            if wait:
+                raise TooManyRequests(
+                    "Too many registrations; try again later", headers=retry_after(wait)
+                )
+        async with self.db.reader() as link:
+            clash = await taken(link, username=data.username, email=data.email)
+        if clash is not None:
+            raise Conflict(TAKEN[clash])
         hashed = await self.hasher.hash(data.password)
         try:
             async with self.db.writer() as link:

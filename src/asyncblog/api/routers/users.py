@@ -60,11 +60,12 @@ UNAUTHORIZED = errors(401)
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UserPrivate,
-    responses={**CONFLICT, 201: {"headers": ETAG_HEADER}},
+    responses={**CONFLICT, **errors(429), 201: {"headers": ETAG_HEADER}},
 )
 async def register(data: UserCreate, request: Request) -> Response:
     users = users_of(request)
-    return versioned(await users.register(data), 201, private=True)
+    client = request.client.host if request.client else None
+    return versioned(await users.register(data, client=client), 201, private=True)
 
 
 @router.get(
