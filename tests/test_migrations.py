@@ -318,10 +318,10 @@ async def test_sessions_come_to_a_database_holding_data_and_go_back(empty_db: UR
     assert await schema_differences(empty_db) == []
 
 
-async def test_ids_stay_unique_over_time_after_0006(empty_db: URL) -> None:
-    """0006 rebuilds users and posts on SQLite (AUTOINCREMENT) with their rows; on every backend
+async def test_ids_stay_unique_over_time_after_0005(empty_db: URL) -> None:
+    """0005 rebuilds users and posts on SQLite (AUTOINCREMENT) with their rows; on every backend
     the newest user's id, once deleted, is not given again."""
-    await upgrade(empty_db, "0005")
+    await upgrade(empty_db, "0004")
     async with engine_for(empty_db) as engine:
         kept = await insert_user(engine, "Rosa")
         await insert_post(engine, kept, "kept through the rebuild")
@@ -335,7 +335,7 @@ async def test_ids_stay_unique_over_time_after_0006(empty_db: URL) -> None:
         with pytest.raises(IntegrityError):  # the case-insensitive username survived
             await insert_user(engine, "ROSA", "rosa2@example.com")
     assert await schema_differences(empty_db) == []
-    await downgrade(empty_db, "0005")
+    await downgrade(empty_db, "0004")
     async with engine_for(empty_db) as engine:
         assert await post_titles(engine) == ["kept through the rebuild"]
 

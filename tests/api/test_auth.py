@@ -220,10 +220,10 @@ async def test_expired_token_is_401(api: Api) -> None:
     assert (await api.client.get("/users/me", headers=bearer(fresh))).status_code == 200
 
 
-async def test_token_without_password_stamp_is_401(api: Api) -> None:
+async def test_token_without_token_version_is_401(api: Api) -> None:
     user = await api.register()
     claims = await real_claims(api, user["username"])
-    del claims["pwd"]
+    del claims["ver"]
     token = jwt.encode(claims, api.state.tokens.secret, algorithm="HS256")
     await assert_rejected(api, bearer(token))
 

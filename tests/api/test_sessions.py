@@ -12,7 +12,10 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
+from asyncblog.api.app import create_app
+from asyncblog.api.state import AppState
 from tests.fixtures.app import Api
+from tests.fixtures.databases import Backend, settings_for
 
 PASSWORD = "password123"
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}
@@ -251,3 +254,35 @@ async def test_answers_with_a_token_or_a_private_view_are_not_stored(api: Api) -
     public = [post, await api.client.get(f"/posts/{post.json()['id']}")]
     for response in public:
         assert "cache-control" not in response.headers, response.request.url
+
+
+# ------------------------------------------------------------------------------- rehash
+
+
+async def test_login_rehashes_with_raised_argon2_parameters(backend: Backend, api: Api) -> None:
+    user = await api.register()
+    before = await login(api, user["username"])
+    stronger = settings_for(backend.url, argon2_time_cost=2)
+    app = create_app(state=AppState.build(stronger, api.state.db))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post(
+            "/auth/token", data={"username": user["username"], "password": PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        async with api.state.db.session() as session:
+            stored = await session.scalar(
+                text("SELECT hashed_password FROM users WHERE id = :id"), {"id": user["id"]}
+            )
+        assert ",t=2," in stored  # the new parameters
+        again = await client.post(
+            "/auth/token", data={"username": user["username"], "password": PASSWORD}
+        )
+        assert again.status_code == 200
+        wrong = await client.post(
+            "/auth/token", data={"username": user["username"], "password": "not-it"}
+        )
+        assert wrong.status_code == 401
+    # the upgrade ends no session: tokens carry the token version, not the hash
+    assert await me_status(api, before) == 200
+    assert (await refresh(api, before["refresh_token"])).status_code == 200

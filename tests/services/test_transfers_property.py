@@ -24,7 +24,7 @@ from asyncblog.errors import Conflict, Invalid, ServiceError
 from asyncblog.models import User
 from asyncblog.repositories import UserRepository
 from asyncblog.schemas import TransferCreate
-from asyncblog.security import AccessClaims, password_stamp
+from asyncblog.security import AccessClaims
 from asyncblog.services.transfers import TransferService
 from tests.api.test_money import assert_ledger_invariants
 
@@ -95,7 +95,7 @@ async def apply(state: AppState, op: Op, ids: list[int]) -> Outcome:
         assert Decimal(transfer["amount"]) == amount
         return "ok"
     _, sender_index, to, amount = op
-    claims = AccessClaims(ids[sender_index], password_stamp(HASH), token_version=1)
+    claims = AccessClaims(ids[sender_index], token_version=1)
     try:
         result = await service.transfer(claims, TransferCreate(to_user_id=ids[to], amount=amount))
     except Invalid:

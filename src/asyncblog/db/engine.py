@@ -27,7 +27,6 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from asyncblog.config import Settings, dialect_of
-from asyncblog.db.types import sha256_stamp
 
 SQLITE_BEGIN_OPTION = "asyncblog_sqlite_begin"
 
@@ -187,7 +186,6 @@ def _setup_sqlite(engine: AsyncEngine, settings: Settings, *, in_memory: bool) -
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.close()
-        dbapi_connection.create_function("asyncblog_stamp", 1, sha256_stamp, deterministic=True)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

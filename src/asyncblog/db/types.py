@@ -15,7 +15,6 @@ and MariaDB:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from decimal import Decimal
 from typing import Any
 
@@ -137,39 +136,6 @@ def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(utcnow, "mariadb")
 def _utcnow_mysql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
     return "UTC_TIMESTAMP(6)"
-
-
-class password_stamp(expression.FunctionElement[str]):
-    """The first 16 hex digits of SHA-256 over a password hash: the stamp an access token
-    carries (`security.password_stamp` computes the same in Python), so a statement can check
-    a caller's token itself. SQLite gets the function from the engine (`asyncblog_stamp`)."""
-
-    type = String()
-    inherit_cache = True
-
-
-@compiles(password_stamp, "postgresql")
-def _stamp_pg(element: password_stamp, compiler: SQLCompiler, **kw: Any) -> str:
-    value = compiler.process(element.clauses, **kw)
-    return f"substr(encode(sha256(convert_to({value}, 'UTF8')), 'hex'), 1, 16)"
-
-
-@compiles(password_stamp, "mysql")
-@compiles(password_stamp, "mariadb")
-def _stamp_mysql(element: password_stamp, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"LEFT(SHA2({compiler.process(element.clauses, **kw)}, 256), 16)"
-
-
-@compiles(password_stamp, "sqlite")
-def _stamp_sqlite(element: password_stamp, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"asyncblog_stamp({compiler.process(element.clauses, **kw)})"
-
-
-def sha256_stamp(hashed_password: str | None) -> str | None:
-    """`password_stamp` in Python (SQLite's `asyncblog_stamp`)."""
-    if hashed_password is None:
-        return None
-    return hashlib.sha256(hashed_password.encode()).hexdigest()[:16]
 
 
 class differs(expression.FunctionElement[bool]):

@@ -154,7 +154,6 @@ async def create_post(
     link: Writer,
     *,
     author_id: int,
-    stamp: str,
     token_version: int,
     title: str,
     content: str,
@@ -164,7 +163,6 @@ async def create_post(
     row = await link.row(
         _CREATE[as_json],
         author_id=author_id,
-        stamp=stamp,
         token_version=token_version,
         title=title,
         content=content,

@@ -23,7 +23,7 @@ from sqlalchemy import (
 from asyncblog.db.database import Reader, Writer
 from asyncblog.db.json import json_text, json_view
 from asyncblog.db.statements import Statement
-from asyncblog.db.types import Money, password_stamp
+from asyncblog.db.types import Money
 from asyncblog.models import Transfer, User
 from asyncblog.repositories.base import touched, valid_id
 from asyncblog.repositories.views import ViewQuery, columns_of, dump
@@ -81,7 +81,6 @@ _LOCK = Statement(
             _users.c.id,
             _users.c.balance,
             _users.c.is_active,
-            password_stamp(_users.c.hashed_password),
             _users.c.token_version,
         )
         .where(_users.c.id.in_([_p("sender", Integer), _p("to", Integer)]))
@@ -140,7 +139,6 @@ async def transfer_once(
     link: Writer,
     *,
     sender_id: int,
-    stamp: str,
     token_version: int,
     to_id: int,
     amount: Decimal,
@@ -154,7 +152,6 @@ async def transfer_once(
         "sender": sender_id,
         "to": to_id,
         "amount": amount,
-        "stamp": stamp,
         "key": key,
         "fingerprint": fingerprint,
     }
@@ -165,12 +162,7 @@ async def transfer_once(
             if found is not None:
                 return Outcome(True, True, found[0], _render(found[1:]), None)
         sender, recipient = locked.get(sender_id), locked.get(to_id)
-        caller_ok = (
-            sender is not None
-            and bool(sender[2])
-            and sender[3] == stamp
-            and sender[4] == token_version
-        )
+        caller_ok = sender is not None and bool(sender[2]) and sender[3] == token_version
         recipient_ok = recipient is not None and bool(recipient[2])
         if not (caller_ok and recipient_ok) or sender is None or sender[1] < amount:
             return Outcome(caller_ok, recipient_ok, None, None, None)

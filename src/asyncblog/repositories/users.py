@@ -30,7 +30,6 @@ from sqlalchemy.sql import FromClause
 from asyncblog.db.database import Reader, Writer
 from asyncblog.db.json import json_list, json_text, json_view
 from asyncblog.db.statements import Statement
-from asyncblog.db.types import password_stamp
 from asyncblog.models import Post, User
 from asyncblog.repositories.base import (
     Repository,
@@ -203,19 +202,18 @@ def _page(view: type[UserPublic]) -> ViewQuery:
 _PAGES = {False: _page(UserPublic), True: _page(UserPrivate)}
 _COUNT = Statement(lambda: select(func.count()).select_from(_users))
 CALLER = Statement(
-    lambda: select(
-        _users.c.is_active, _users.c.is_admin, _users.c.hashed_password, _users.c.token_version
-    ).where(_users.c.id == bindparam("user_id", type_=Integer))
+    lambda: select(_users.c.is_active, _users.c.is_admin, _users.c.token_version).where(
+        _users.c.id == bindparam("user_id", type_=Integer)
+    )
 )
 
 
 def holds_token(users: FromClause) -> ColumnElement[bool]:
-    """The access token's user (`:stamp`, `:token_version` from its claims) is active and the
-    token still holds: its password stamp and its token version are the user's. Statements
-    that act for the caller check it in the same statement."""
+    """The access token's user is active and the token still holds: the token version it
+    carries (`:token_version`) is the user's. Statements that act for the caller check it in
+    the same statement."""
     return and_(
         users.c.is_active == true(),
-        password_stamp(users.c.hashed_password) == bindparam("stamp", type_=String),
         users.c.token_version == bindparam("token_version", type_=Integer),
     )
 
@@ -338,9 +336,9 @@ def _me(as_json: bool) -> Statement:
 _ME = {True: _me(as_json=True), False: _me(as_json=False)}
 
 
-async def me(link: Reader, *, user_id: int, stamp: str, token_version: int) -> Versioned | None:
+async def me(link: Reader, *, user_id: int, token_version: int) -> Versioned | None:
     as_json = renders_json(link)
-    row = await link.row(_ME[as_json], user_id=user_id, stamp=stamp, token_version=token_version)
+    row = await link.row(_ME[as_json], user_id=user_id, token_version=token_version)
     return _private_view(row, as_json)
 
 
@@ -396,6 +394,24 @@ _DELETE = Statement(
 _BALANCE = Statement(
     lambda: select(_users.c.balance).where(_users.c.id == bindparam("user_id", type_=Integer))
 )
+
+
+_REHASH = Statement(
+    lambda: (
+        update(_users)
+        .where(
+            _users.c.id == bindparam("user_id", type_=Integer),
+            _users.c.hashed_password == bindparam("old", type_=String),
+        )
+        .values(hashed_password=bindparam("new", type_=String), **touched(_users))
+    )
+)
+
+
+async def rehash(link: Writer, *, user_id: int, old: str, new: str) -> None:
+    """Store a hash of the same password made with the current Argon2 parameters, unless the
+    password changed meanwhile. Tokens stay valid: they carry the token version, not the hash."""
+    await link.count(_REHASH, user_id=user_id, old=old, new=new)
 
 
 _PASSWORD_HASH = Statement(

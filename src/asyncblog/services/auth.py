@@ -9,13 +9,12 @@ from asyncblog.db.database import Database
 from asyncblog.errors import BadRequest, TooManyRequests, Unauthorized
 from asyncblog.repositories.base import valid_id
 from asyncblog.repositories.sessions import end_every_login, end_login, renew, start_family
-from asyncblog.repositories.users import CALLER, LOGIN
+from asyncblog.repositories.users import CALLER, LOGIN, rehash
 from asyncblog.schemas import USERNAME_PATTERN, Token
 from asyncblog.security import (
     AccessClaims,
     PasswordHasher,
     TokenCodec,
-    password_stamp,
     refresh_digest,
 )
 from asyncblog.throttle import Throttle, retry_after
@@ -80,7 +79,13 @@ class AuthService:
         user_id, hashed_password, is_active, token_version = row
         if not is_active:
             raise BadRequest("Inactive user")
+        rehashed = None
+        if self.hasher.needs_rehash(hashed_password):  # the Argon2 parameters were raised
+            rehashed = await self.hasher.hash(password)
         async with self.db.writer() as link:
+            if rehashed is not None:
+                await rehash(link, user_id=user_id, old=hashed_password, new=rehashed)
+                hashed_password = rehashed
             refresh = await start_family(
                 link,
                 user_id=user_id,
@@ -135,9 +140,7 @@ async def caller_of(db: Database, claims: AccessClaims | None) -> Caller:
         row = await link.row(CALLER, user_id=claims.user_id)
     if row is None:
         raise Unauthorized(INVALID_TOKEN)
-    is_active, is_admin, hashed, token_version = row
+    is_active, is_admin, token_version = row
     if not is_active or token_version != claims.token_version:
-        raise Unauthorized(INVALID_TOKEN)
-    if password_stamp(hashed) != claims.password_stamp:
         raise Unauthorized(INVALID_TOKEN)
     return Caller(claims.user_id, bool(is_admin))

@@ -36,7 +36,6 @@ class Posts:
             view = await create_post(
                 link,
                 author_id=claims.user_id,
-                stamp=claims.password_stamp,
                 token_version=claims.token_version,
                 title=data.title,
                 content=data.content,

@@ -76,7 +76,6 @@ class TransferService:
                     outcome = await transfer_once(
                         link,
                         sender_id=sender_id,
-                        stamp=claims.password_stamp,
                         token_version=claims.token_version,
                         to_id=data.to_user_id,
                         amount=data.amount,

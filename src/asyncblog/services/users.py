@@ -221,7 +221,6 @@ class Users:
             view = await me(
                 link,
                 user_id=claims.user_id,
-                stamp=claims.password_stamp,
                 token_version=claims.token_version,
             )
         if view is None:
