@@ -19,7 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.sql import FromClause
 
 from asyncblog.db.database import Reader, Writer
-from asyncblog.db.json import json_text, json_view
+from asyncblog.db.json import json_view
 from asyncblog.db.statements import Statement
 from asyncblog.models import Post, User
 from asyncblog.repositories.base import changes_of, touched, valid_id, version_matches
@@ -31,6 +31,8 @@ from asyncblog.repositories.views import (
     columns_of,
     dump,
     renders_json,
+    versioned,
+    versioned_columns,
 )
 from asyncblog.schemas import PostView, PostWithAuthor, UserPublic
 
@@ -40,23 +42,14 @@ _posts = cast(Table, Post.__table__)
 
 _POST_FIELDS = list(PostView.model_fields)
 _AUTHOR_FIELDS = list(UserPublic.model_fields)
-_VERSION_AT = _POST_FIELDS.index("version")
 
 
 def _view_columns(as_json: bool) -> list[Any]:
-    """A posts row's view: its JSON and its version (PostgreSQL, SQLite), or its columns."""
-    if as_json:
-        return [json_text(json_view(PostView, columns_of(PostView, _posts))), _posts.c.version]
-    return [_posts.c[name] for name in _POST_FIELDS]
+    return versioned_columns(PostView, _posts, as_json)
 
 
 def _versioned(row: tuple[Any, ...] | None, as_json: bool) -> Versioned | None:
-    if row is None:
-        return None
-    if as_json:
-        return Versioned(str(row[0]).encode(), int(row[1]))
-    body = dump(PostView, dict(zip(_POST_FIELDS, row, strict=True)))
-    return Versioned(body, int(row[_VERSION_AT]))
+    return versioned(PostView, row, as_json)
 
 
 def _with_author() -> tuple[Select[Any], Callable[[FromClause], Columns]]:

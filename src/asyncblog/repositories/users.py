@@ -46,6 +46,8 @@ from asyncblog.repositories.views import (
     columns_of,
     dump,
     renders_json,
+    versioned,
+    versioned_columns,
 )
 from asyncblog.schemas import (
     EMBEDDED_POSTS,
@@ -232,19 +234,9 @@ async def user_count(link: Reader) -> int:
 
 # --------------------------------------------------------------------------- writes
 
-_PRIVATE_FIELDS = list(UserPrivate.model_fields)
-
-
-_VERSION_AT = _PRIVATE_FIELDS.index("version")
-
 
 def _private_columns(as_json: bool) -> list[Any]:
-    """The private view of a users row: its JSON and its version (PostgreSQL, SQLite), or its
-    columns."""
-    if as_json:
-        view = json_text(json_view(UserPrivate, columns_of(UserPrivate, _users)))
-        return [view, _users.c.version]
-    return [_users.c[name] for name in _PRIVATE_FIELDS]
+    return versioned_columns(UserPrivate, _users, as_json)
 
 
 def _private_returning(stmt: Any, as_json: bool) -> Any:
@@ -268,12 +260,7 @@ _REGISTER = {True: _register(as_json=True), False: _register(as_json=False)}
 
 
 def _private_view(row: tuple[Any, ...] | None, as_json: bool) -> Versioned | None:
-    if row is None:
-        return None
-    if as_json:
-        return Versioned(str(row[0]).encode(), int(row[1]))
-    body = dump(UserPrivate, dict(zip(_PRIVATE_FIELDS, row, strict=True)))
-    return Versioned(body, int(row[_VERSION_AT]))
+    return versioned(UserPrivate, row, as_json)
 
 
 async def register(

@@ -101,6 +101,24 @@ class ViewQuery:
         return dump(self.view, values[0]) if values else None
 
 
+def versioned_columns(view: type[BaseModel], table: FromClause, as_json: bool) -> list[Any]:
+    """What a statement selects (or returns) for one row's view with its version: the view's
+    JSON and the version (PostgreSQL, SQLite), or the view's columns (MariaDB)."""
+    if as_json:
+        return [json_text(json_view(view, columns_of(view, table))), table.c.version]
+    return [table.c[name] for name in view.model_fields]
+
+
+def versioned(view: type[BaseModel], row: Sequence[Any] | None, as_json: bool) -> Versioned | None:
+    """The `Versioned` answer from a row of `versioned_columns` (None: no row)."""
+    if row is None:
+        return None
+    if as_json:
+        return Versioned(str(row[0]).encode(), int(row[1]))
+    values = dict(zip(view.model_fields, row, strict=True))
+    return Versioned(dump(view, values), int(values["version"]))
+
+
 def columns_of(view: type[BaseModel], table: FromClause, **renamed: str) -> Columns:
     """The view's fields from `table`'s columns of the same name (or as renamed)."""
     return {name: table.c[renamed.get(name, name)] for name in view.model_fields}
