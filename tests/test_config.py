@@ -246,3 +246,17 @@ def test_racing_processes_agree_on_one_generated_key(clean_env: Path) -> None:
     assert len(key) >= 32
     assert (clean_env / "race.db.secret").read_text(encoding="utf-8").strip() == key
     assert not [p for p in clean_env.iterdir() if p.name.startswith(".race.db.secret")]
+
+
+def test_the_tests_settings_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`settings_for` (every test's settings) takes nothing from the machine: an exported
+    REDIS_URL or LOGIN_MAX_FAILURES, or a .env file, must not change what a test runs with."""
+    from tests.fixtures.databases import settings_for
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("LOGIN_MAX_FAILURES", "77")
+    Path(".env").write_text("ACCESS_LOG=true\n", encoding="utf-8")
+    settings = settings_for("sqlite+aiosqlite:///:memory:")
+    assert settings.redis_url is None
+    assert settings.login_max_failures == 5
+    assert settings.access_log is False

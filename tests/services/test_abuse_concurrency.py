@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -61,7 +62,6 @@ async def counted(request: pytest.FixtureRequest, live_state: AppState) -> Async
         probe = Redis.from_url(REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
             await probe.ping()
-            await probe.flushdb()  # db 15: the tests' own
         except Exception as exc:
             unavailable(f"Redis at {REDIS_URL}", f"{type(exc).__name__}: {exc}")
         finally:
@@ -70,7 +70,12 @@ async def counted(request: pytest.FixtureRequest, live_state: AppState) -> Async
     settings = live_state.settings.model_copy(update=overrides)
     hasher = CountingHasher(settings)
     state = dataclasses.replace(AppState.build(settings, live_state.db), hasher=hasher)
-    transport = httpx.ASGITransport(app=create_app(state=state), raise_app_exceptions=False)
+    # An address of this test's own: Redis keeps counts across tests and runs (no flush, so
+    # that runs side by side do not wipe each other's).
+    address = f"fd00:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}::1"
+    transport = httpx.ASGITransport(
+        app=create_app(state=state), raise_app_exceptions=False, client=(address, 40000)
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as c:
         try:
             yield Counted(Api(c, state), hasher)
