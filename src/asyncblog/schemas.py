@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -140,6 +140,13 @@ class UserPublicWithPosts(UserPublic):
 class UserPrivateWithPosts(UserPrivate):
     posts: list[PostView]
     posts_total: int
+
+
+class Versioned(NamedTuple):
+    """One row's view as the JSON bytes of the answer, with the row's version (its ETag)."""
+
+    body: bytes
+    version: int
 
 
 class Count(BaseModel):

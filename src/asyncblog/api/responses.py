@@ -7,8 +7,7 @@ from typing import Any
 
 from fastapi import Response
 
-from asyncblog.repositories.views import Versioned
-from asyncblog.schemas import Detail, ErrorDetail
+from asyncblog.schemas import Detail, ErrorDetail, Versioned
 
 Responses = dict[int | str, dict[str, Any]]
 

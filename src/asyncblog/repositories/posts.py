@@ -26,7 +26,6 @@ from asyncblog.repositories.base import changes_of, touched, valid_id, version_m
 from asyncblog.repositories.users import holds_token
 from asyncblog.repositories.views import (
     Columns,
-    Versioned,
     ViewQuery,
     columns_of,
     dump,
@@ -34,7 +33,7 @@ from asyncblog.repositories.views import (
     versioned,
     versioned_columns,
 )
-from asyncblog.schemas import PostView, PostWithAuthor, UserPublic
+from asyncblog.schemas import PostView, PostWithAuthor, UserPublic, Versioned
 
 _users = cast(Table, User.__table__)
 _posts = cast(Table, Post.__table__)

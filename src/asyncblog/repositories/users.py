@@ -40,7 +40,6 @@ from asyncblog.repositories.base import (
 )
 from asyncblog.repositories.views import (
     Columns,
-    Versioned,
     ViewQuery,
     as_dicts,
     columns_of,
@@ -56,6 +55,7 @@ from asyncblog.schemas import (
     UserPrivateWithPosts,
     UserPublic,
     UserPublicWithPosts,
+    Versioned,
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import ColumnElement, Select, select
@@ -20,15 +20,9 @@ from sqlalchemy.sql import FromClause
 from asyncblog.db.database import Reader
 from asyncblog.db.json import json_list, json_text, json_view
 from asyncblog.db.statements import Statement
+from asyncblog.schemas import Versioned
 
 Columns = Mapping[str, ColumnElement[Any]]
-
-
-class Versioned(NamedTuple):
-    """A view's JSON bytes and its row's version (the answer's ETag)."""
-
-    body: bytes
-    version: int
 
 
 def renders_json(link: Reader) -> bool:

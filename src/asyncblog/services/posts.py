@@ -15,8 +15,7 @@ from asyncblog.repositories.posts import (
     post_view,
     post_with_author,
 )
-from asyncblog.repositories.views import Versioned
-from asyncblog.schemas import PostCreate, PostUpdate
+from asyncblog.schemas import PostCreate, PostUpdate, Versioned
 from asyncblog.security import AccessClaims
 from asyncblog.services.auth import INVALID_TOKEN, Caller
 

@@ -35,8 +35,7 @@ from asyncblog.repositories.users import (
     user_document,
     user_page,
 )
-from asyncblog.repositories.views import Versioned
-from asyncblog.schemas import BulkUserCreate, UserCreate, UserUpdate
+from asyncblog.schemas import BulkUserCreate, UserCreate, UserUpdate, Versioned
 from asyncblog.security import AccessClaims, PasswordHasher
 from asyncblog.services.auth import INVALID_TOKEN, Caller
 from asyncblog.throttle import Throttle, retry_after
