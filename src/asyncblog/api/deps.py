@@ -101,6 +101,11 @@ CurrentAdmin = Annotated[Caller, Depends(current_admin)]
 # (`create_app(state=...)`); the caller and the bulk session stay dependencies (overridable).
 
 
+def client_address(request: HTTPConnection) -> str | None:
+    """The client's address as uvicorn gives it (behind a proxy: the forwarded one it trusts)."""
+    return request.client.host if request.client else None
+
+
 def auth_of(request: HTTPConnection) -> AuthService:
     state = app_state(request)
     return AuthService(state.db, state.hasher, state.tokens, state.throttle)

@@ -86,6 +86,11 @@ class Repository(Generic[ModelT]):
         return int(result.rowcount)
 
 
+def param(name: str, type_: Any) -> Any:
+    """A statement's named parameter with its SQL type (`bindparam`, spelled short)."""
+    return bindparam(name, type_=type_)
+
+
 def version_matches(table: Table) -> ColumnElement[bool]:
     """For a conditional UPDATE: the row has the `expected` version (If-Match), or any version
     when that parameter is NULL. Check and write are then one statement."""

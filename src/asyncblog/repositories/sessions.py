@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import (
     Integer,
     String,
     Table,
-    bindparam,
     delete,
     false,
     insert,
@@ -28,24 +27,20 @@ from asyncblog.db.database import Writer
 from asyncblog.db.statements import Statement
 from asyncblog.db.types import UTCDateTime
 from asyncblog.models import RefreshToken, User
-from asyncblog.repositories.base import touched, valid_id
+from asyncblog.repositories.base import param, touched, valid_id
 from asyncblog.security import new_family, new_refresh_token
 
 _tokens = cast(Table, RefreshToken.__table__)
 _users = cast(Table, User.__table__)
 
 
-def _p(name: str, type_: Any) -> Any:
-    return bindparam(name, type_=type_)
-
-
 _ISSUE = Statement(
     lambda: insert(_tokens).values(
-        user_id=_p("user_id", Integer),
-        family=_p("family", String),
-        digest=_p("digest", String),
-        token_version=_p("token_version", Integer),
-        expires_at=_p("expires_at", UTCDateTime()),
+        user_id=param("user_id", Integer),
+        family=param("family", String),
+        digest=param("digest", String),
+        token_version=param("token_version", Integer),
+        expires_at=param("expires_at", UTCDateTime()),
     )
 )
 _FIND = Statement(
@@ -58,36 +53,38 @@ _FIND = Statement(
             _tokens.c.spent,
             _tokens.c.expires_at,
         )
-        .where(_tokens.c.digest == _p("digest", String))
+        .where(_tokens.c.digest == param("digest", String))
         .with_for_update()
     )
 )
 _SPEND = Statement(
     lambda: (
         update(_tokens)
-        .where(_tokens.c.id == _p("id", Integer), _tokens.c.spent == false())
+        .where(_tokens.c.id == param("id", Integer), _tokens.c.spent == false())
         .values(spent=true())
     )
 )
 _HOLDER = Statement(
     lambda: select(_users.c.is_active, _users.c.hashed_password, _users.c.token_version).where(
-        _users.c.id == _p("user_id", Integer)
+        _users.c.id == param("user_id", Integer)
     )
 )
-_END_FAMILY = Statement(lambda: delete(_tokens).where(_tokens.c.family == _p("family", String)))
+_END_FAMILY = Statement(lambda: delete(_tokens).where(_tokens.c.family == param("family", String)))
 _FAMILY_OF = Statement(
     lambda: select(_tokens.c.family).where(
-        _tokens.c.digest == _p("digest", String), _tokens.c.user_id == _p("user_id", Integer)
+        _tokens.c.digest == param("digest", String), _tokens.c.user_id == param("user_id", Integer)
     )
 )
 _END_EVERY_LOGIN = Statement(
     lambda: (
         update(_users)
-        .where(_users.c.id == _p("user_id", Integer))
+        .where(_users.c.id == param("user_id", Integer))
         .values(token_version=_users.c.token_version + 1, **touched(_users))
     )
 )
-_FORGET_ALL = Statement(lambda: delete(_tokens).where(_tokens.c.user_id == _p("user_id", Integer)))
+_FORGET_ALL = Statement(
+    lambda: delete(_tokens).where(_tokens.c.user_id == param("user_id", Integer))
+)
 
 
 @dataclass(frozen=True, slots=True)

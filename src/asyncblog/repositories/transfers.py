@@ -11,7 +11,6 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
-    bindparam,
     case,
     func,
     insert,
@@ -25,7 +24,7 @@ from asyncblog.db.json import json_text, json_view
 from asyncblog.db.statements import Statement
 from asyncblog.db.types import Money
 from asyncblog.models import Transfer, User
-from asyncblog.repositories.base import touched, valid_id
+from asyncblog.repositories.base import param, touched, valid_id
 from asyncblog.repositories.views import ViewQuery, columns_of, dump
 from asyncblog.schemas import TransferView
 
@@ -34,10 +33,6 @@ from asyncblog.schemas import TransferView
 _users = cast(Table, User.__table__)
 _transfers = cast(Table, Transfer.__table__)
 _VIEW_FIELDS = list(TransferView.model_fields)
-
-
-def _p(name: str, type_: Any) -> Any:
-    return bindparam(name, type_=type_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +49,19 @@ class Outcome:
 def _move_and_record() -> Any:
     """PostgreSQL: once both rows are locked, move the money and write the ledger row in one
     statement (data-modifying CTEs): the ledger row only when both balances moved."""
-    sender_id, to_id, amount = _p("sender", Integer), _p("to", Integer), _p("amount", Money())
+    sender_id, to_id, amount = (
+        param("sender", Integer),
+        param("to", Integer),
+        param("amount", Money()),
+    )
     moved = _move().returning(_users.c.id).cte("moved")
     entry = (
         insert(_transfers)
         .from_select(
             ["from_user_id", "to_user_id", "amount", "idempotency_key", "request_fingerprint"],
-            select(sender_id, to_id, amount, _p("key", String), _p("fingerprint", String)).where(
-                select(func.count()).select_from(moved).scalar_subquery() == 2
-            ),
+            select(
+                sender_id, to_id, amount, param("key", String), param("fingerprint", String)
+            ).where(select(func.count()).select_from(moved).scalar_subquery() == 2),
         )
         .returning(*[_transfers.c[n] for n in _VIEW_FIELDS])
         .cte("entry")
@@ -83,7 +82,7 @@ _LOCK = Statement(
             _users.c.is_active,
             _users.c.token_version,
         )
-        .where(_users.c.id.in_([_p("sender", Integer), _p("to", Integer)]))
+        .where(_users.c.id.in_([param("sender", Integer), param("to", Integer)]))
         .order_by(_users.c.id)
         # PostgreSQL: FOR NO KEY UPDATE, what the UPDATE of the balances takes anyway; unlike
         # FOR UPDATE it lets a login insert a refresh token for the user meanwhile (the
@@ -95,14 +94,18 @@ _PRIOR = Statement(
     lambda: select(
         _transfers.c.request_fingerprint, *[_transfers.c[n] for n in _VIEW_FIELDS]
     ).where(
-        _transfers.c.from_user_id == _p("sender", Integer),
-        _transfers.c.idempotency_key == _p("key", String),
+        _transfers.c.from_user_id == param("sender", Integer),
+        _transfers.c.idempotency_key == param("key", String),
     )
 )
 
 
 def _move() -> Any:
-    sender_id, to_id, amount = _p("sender", Integer), _p("to", Integer), _p("amount", Money())
+    sender_id, to_id, amount = (
+        param("sender", Integer),
+        param("to", Integer),
+        param("amount", Money()),
+    )
     is_sender = _users.c.id == sender_id
     return (
         update(_users)
@@ -120,11 +123,11 @@ _ENTRY = Statement(
     lambda: (
         insert(_transfers)
         .values(
-            from_user_id=_p("sender", Integer),
-            to_user_id=_p("to", Integer),
-            amount=_p("amount", Money()),
-            idempotency_key=_p("key", String),
-            request_fingerprint=_p("fingerprint", String),
+            from_user_id=param("sender", Integer),
+            to_user_id=param("to", Integer),
+            amount=param("amount", Money()),
+            idempotency_key=param("key", String),
+            request_fingerprint=param("fingerprint", String),
         )
         .returning(*[_transfers.c[n] for n in _VIEW_FIELDS])
     )
@@ -184,7 +187,7 @@ async def prior(link: Reader, *, sender_id: int, key: str) -> tuple[str | None, 
 
 def _deposit_once() -> Any:
     """PostgreSQL: credit the user and write the ledger row in one statement."""
-    to_id, amount = _p("to", Integer), _p("amount", Money())
+    to_id, amount = param("to", Integer), param("amount", Money())
     credited = (
         update(_users)
         .where(_users.c.id == to_id)
@@ -205,9 +208,9 @@ _DEPOSIT_ONCE = Statement(_deposit_once)
 _CREDIT = Statement(
     lambda: (
         update(_users)
-        .where(_users.c.id == _p("to", Integer))
+        .where(_users.c.id == param("to", Integer))
         .values(
-            balance=_users.c.balance + _p("amount", Money()),
+            balance=_users.c.balance + param("amount", Money()),
             **touched(_users),
         )
     )
@@ -215,7 +218,7 @@ _CREDIT = Statement(
 _DEPOSIT_ENTRY = Statement(
     lambda: (
         insert(_transfers)
-        .values(to_user_id=_p("to", Integer), amount=_p("amount", Money()))
+        .values(to_user_id=param("to", Integer), amount=param("amount", Money()))
         .returning(*[_transfers.c[n] for n in _VIEW_FIELDS])
     )
 )
@@ -242,14 +245,14 @@ _HISTORY = ViewQuery(
         select(*[_transfers.c[n] for n in _VIEW_FIELDS])
         .where(
             or_(
-                _transfers.c.from_user_id == _p("user_id", Integer),
-                _transfers.c.to_user_id == _p("user_id", Integer),
+                _transfers.c.from_user_id == param("user_id", Integer),
+                _transfers.c.to_user_id == param("user_id", Integer),
             ),
-            _transfers.c.id > _p("after_id", Integer),
+            _transfers.c.id > param("after_id", Integer),
         )
         .order_by(_transfers.c.id)
-        .limit(_p("limit", Integer))
-        .offset(_p("skip", Integer)),
+        .limit(param("limit", Integer))
+        .offset(param("skip", Integer)),
         lambda sub: columns_of(TransferView, sub),
     ),
     many=True,

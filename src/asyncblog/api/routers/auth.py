@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from asyncblog.api.deps import CurrentCaller, auth_of
+from asyncblog.api.deps import CurrentCaller, auth_of, client_address
 from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES, NO_STORE, errors
 from asyncblog.schemas import LogoutRequest, RefreshRequest, Token
@@ -22,9 +22,8 @@ router = APIRouter(
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response
 ) -> Token:
-    client = request.client.host if request.client else None
     response.headers.update(NO_STORE)
-    return await auth_of(request).login(form.username, form.password, client)
+    return await auth_of(request).login(form.username, form.password, client_address(request))
 
 
 @router.post("/refresh", response_model=Token, responses=errors(401))

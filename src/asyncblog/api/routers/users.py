@@ -12,6 +12,7 @@ from asyncblog.api.deps import (
     IfMatch,
     OptionalUser,
     PageParams,
+    client_address,
     expected_version,
     users_of,
 )
@@ -64,8 +65,7 @@ UNAUTHORIZED = errors(401)
 )
 async def register(data: UserCreate, request: Request) -> Response:
     users = users_of(request)
-    client = request.client.host if request.client else None
-    return versioned(await users.register(data, client=client), 201, private=True)
+    return versioned(await users.register(data, client=client_address(request)), 201, private=True)
 
 
 @router.get(
