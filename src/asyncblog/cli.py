@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -83,8 +87,6 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the API with uvicorn (uvloop, httptools)."""
-    import uvicorn
-
     from asyncblog.log import configure_logging, console_wanted
 
     settings = _settings()
@@ -105,6 +107,13 @@ def serve(
                 "email and password), or set FIRST_ADMIN_USERNAME, FIRST_ADMIN_EMAIL and "
                 "FIRST_ADMIN_PASSWORD"
             )
+    with _metrics_for(settings, host, workers):
+        _serve(host, port, workers)
+
+
+def _serve(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "asyncblog.api.app:app_from_env",
         factory=True,
@@ -117,6 +126,33 @@ def serve(
         log_config=None,
         timeout_graceful_shutdown=20,
     )
+
+
+@contextmanager
+def _metrics_for(settings: Settings, host: str, workers: int) -> Iterator[None]:
+    """With METRICS=true and several workers: prometheus-client's multiprocess mode, in
+    PROMETHEUS_MULTIPROC_DIR (emptied first) or a directory of this run's own (removed at the
+    end); the workers inherit it. With METRICS_PORT: the numbers served on that port by this
+    process (every worker's summed), not on the API's."""
+    if not settings.metrics:
+        yield
+        return
+    own_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="asyncblog-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    from asyncblog import metrics  # after the variable: prometheus-client reads it at import
+
+    directory = metrics.multiprocess_dir()
+    if directory is not None and workers > 1:
+        metrics.prepare_directory(directory)
+    try:
+        if settings.metrics_port is not None:
+            metrics.serve_on_port(settings.metrics_port, host)
+        yield
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
 
 
 @cli.command()

@@ -77,7 +77,15 @@ class Settings(BaseSettings):
     # requests, and this costs about a seventh of the hot read's throughput. Errors are logged
     # either way.
     access_log: bool = False
-    telemetry: bool = False  # FastAPI's native OpenTelemetry (traces, metrics, logs)
+    # Traces: a span per request (FastAPI's native OpenTelemetry) and per database statement,
+    # to the global OpenTelemetry providers (FASTAPI_OTEL_AUTO_CONFIGURE=true and
+    # OTEL_EXPORTER_OTLP_ENDPOINT export them over OTLP). Off: they cost every request.
+    telemetry: bool = False
+    # Prometheus: GET /metrics (asyncblog.metrics). METRICS_TOKEN: scrapes must send it as a
+    # bearer token. METRICS_PORT: served on that port of the serve host instead of the API's.
+    metrics: bool = False
+    metrics_token: SecretStr | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     # Argon2id cost; the defaults are argon2-cffi's RFC 9106 "low memory" profile.
     argon2_time_cost: int = Field(default=3, ge=1, le=20)

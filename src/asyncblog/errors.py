@@ -60,6 +60,11 @@ class Unavailable(ServiceError):
     status_code = 503
 
 
+class TimedOut(Unavailable):
+    """A statement, a lock wait or the network outlasted its timeout (the database cancelled
+    the statement, or the client gave up on it)."""
+
+
 class Busy(Unavailable):
     """A deadlock, a serialization failure or SQLite's "database is locked": the same work may
     succeed if tried again from the start of its transaction."""

@@ -22,6 +22,7 @@ from asyncblog.security import PasswordHasher
 from tests.fixtures.app import empty_tables
 from tests.fixtures.databases import Backend, settings_for
 from tests.fixtures.faults import assert_invariants, ends_within, lock_user, members, send
+from tests.fixtures.metrics import counted
 from tests.fixtures.servers import in_process_app
 
 POOL = 2
@@ -40,6 +41,7 @@ async def test_exhausted_pool_is_503_with_retry_after_then_recovers(backend: Bac
     try:
         async with in_process_app(settings) as api:
             _, (a, b) = await members(api.client, backend.engine, 2)
+            gate_timeouts = counted("asyncblog_db_gate_timeouts_total")
             async with lock_user(backend.engine, a.id) as holder:
                 tasks = [asyncio.create_task(send(api.client, a, b)) for _ in range(REQUESTS)]
                 tasks.append(asyncio.create_task(api.client.get("/users")))  # a read, queued
@@ -63,6 +65,8 @@ async def test_exhausted_pool_is_503_with_retry_after_then_recovers(backend: Bac
             for r in busy:
                 assert r.headers.get("retry-after"), r.headers
                 assert isinstance(r.json()["detail"], str)
+            # every 503 was a wait for a slot that timed out, counted as such
+            assert counted("asyncblog_db_gate_timeouts_total") - gate_timeouts == len(busy)
             assert statuses[201] >= 1, "the requests that held connections completed"
 
             # Load gone: answered at once, not a 503 left over.

@@ -19,6 +19,7 @@ from tests.fixtures.faults import (
     members,
     send,
 )
+from tests.fixtures.metrics import counted
 from tests.fixtures.proxy import FaultProxy
 from tests.fixtures.servers import in_process_app
 
@@ -35,6 +36,7 @@ async def test_statement_timeout_turns_a_lock_wait_into_503_and_frees_the_connec
         pool_max_overflow=0,
         pool_timeout=3,
     )
+    timed_out = counted("asyncblog_db_errors_total", kind="timed_out")
     async with in_process_app(settings) as api:
         _, (a, b) = await members(api.client, pg_database.engine, 2)
         holder = await asyncpg.connect(pg_database.cluster.dsn(pg_database.name))
@@ -53,6 +55,8 @@ async def test_statement_timeout_turns_a_lock_wait_into_503_and_frees_the_connec
             assert other.status_code == 200, other.text
             reverse = await ends_within(send(api.client, b, a), "b -> a behind the lock")
             assert_db_unavailable(reverse, "the lock on a blocks b -> a too")
+            # each cancelled statement counted as a timeout (asyncblog_db_errors_total)
+            assert counted("asyncblog_db_errors_total", kind="timed_out") - timed_out == 4
         finally:
             await holder.close()  # ends the transaction: the lock is released
 

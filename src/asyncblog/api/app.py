@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from asyncblog import __version__
 from asyncblog.api import errors
 from asyncblog.api.docs import install_docs
+from asyncblog.api.metrics import RequestRecorder, endpoint, sampling
 from asyncblog.api.middleware import RequestContextMiddleware
 from asyncblog.api.responses import COMMON_RESPONSES
 from asyncblog.api.routers import auth, health, money, posts, users
@@ -70,7 +71,10 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         owned = state is None
         current = state or AppState.build(settings)
         app.state.asyncblog = current
+        stack = AsyncExitStack()
         try:
+            if settings.metrics:
+                await stack.enter_async_context(sampling(current, recorder))
             await create_first_admin(current)
             # What exists now (the app, its schemas, SQLAlchemy's metadata) lives as long as
             # the process: out of the collector's sight, a full collection no longer walks it.
@@ -80,6 +84,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
                 gc.freeze()
             yield
         finally:
+            await stack.aclose()
             if owned:
                 await current.throttle.close()
                 await current.db.dispose()
@@ -107,14 +112,19 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
         )
+    recorder = RequestRecorder() if settings.metrics else None
     app.add_middleware(
         RequestContextMiddleware,
         access_log=settings.access_log,
         max_body=settings.max_body_bytes,
+        recorder=recorder,
     )
     add_routes(
         app, users.bulk, users.router, posts.router, money.router, auth.router, health.router
     )
+    if settings.metrics and settings.metrics_port is None:  # else `serve` answers on that port
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        app.add_route("/metrics", endpoint(token, recorder), ["GET"], include_in_schema=False)
     return app
 
 

@@ -12,6 +12,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from asyncblog.api.metrics import RequestRecorder
 from asyncblog.api.overrides import current_app
 from asyncblog.log import request_id
 
@@ -40,10 +41,18 @@ class RequestContextMiddleware:
     unhandled exception into a JSON 500 that says nothing about the cause (the traceback goes to
     the log)."""
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True, max_body: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access_log: bool = True,
+        max_body: int = 1 << 20,
+        recorder: RequestRecorder | None = None,
+    ) -> None:
         self.app = app
         self.access_log = access_log
         self.max_body = max_body
+        self.recorder = recorder  # the request metrics, when METRICS=true
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,6 +63,9 @@ class RequestContextMiddleware:
         rid = rid or os.urandom(12).hex()
         token = request_id.set(rid)
         started = time.perf_counter()
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.in_flight += 1
         status = 0
         docs = scope["path"].startswith(("/docs", "/redoc"))
         added = [(b"x-request-id", rid.encode()), *(DOCS_HEADERS if docs else API_HEADERS)]
@@ -98,6 +110,8 @@ class RequestContextMiddleware:
                 )
                 await send({"type": "http.response.body", "body": INTERNAL_ERROR})
         finally:
+            if recorder is not None:
+                recorder.done(scope, status or 500, time.perf_counter() - started)
             if self.access_log:
                 access_logger.info(
                     "request",

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from asyncblog.errors import Unavailable
+from asyncblog.metrics import GATE_TIMEOUTS
 
 POOL_BUSY = "Too many requests are waiting for the database; retry shortly"
 
@@ -36,6 +37,7 @@ class SlotGate:
     """
 
     def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
         self._free = size
         self.timeout = timeout
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
@@ -56,6 +58,15 @@ class SlotGate:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release()  # handed a slot, but cancelled before taking it: pass it on
             raise  # a waiter that gave up stays queued as a done future; it is skipped
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    @property
+    def waiting(self) -> int:
+        """Waiters still queued (one that gave up is skipped, not yet removed)."""
+        return sum(1 for _deadline, waiter in self._waiters if not waiter.done())
 
     def release(self) -> None:
         while self._waiters:
@@ -119,7 +130,14 @@ class Admission:
         try:
             await (gate or self.gate).acquire()
         except TimeoutError:
+            GATE_TIMEOUTS.inc()
             raise Unavailable(POOL_BUSY) from None
+
+    def usage(self) -> tuple[int, int, int]:
+        """(slots, slots in use, units of work waiting) in every lane, for the metrics."""
+        gates = {id(g): g for g in (self.gate, self.write_gate)}.values()
+        in_use = sum(g.size - g.free for g in gates)
+        return self.capacity, in_use, sum(g.waiting for g in gates)
 
 
 class _SlotHold:

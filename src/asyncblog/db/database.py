@@ -320,6 +320,15 @@ class Database:
         async with self.reader() as link:
             await link.value(_PING)
 
+    def connections(self) -> tuple[int, int]:
+        """(busy, idle) connections of the pool, for the metrics: the ones the data path holds
+        between units of work count as idle."""
+        pool = self.engine.sync_engine.pool
+        if not isinstance(pool, QueuePool):
+            return 0, 0
+        held = len(self._idle)
+        return pool.checkedout() - held, pool.checkedin() + held
+
     async def release_idle(self) -> None:
         """Give the connections held between units of work back to SQLAlchemy's pool (before
         an ORM session needs one, and at the end)."""

@@ -31,9 +31,11 @@ from asyncblog.errors import (
     Conflict,
     OutOfRange,
     ServiceError,
+    TimedOut,
     Unavailable,
     UniqueViolation,
 )
+from asyncblog.metrics import DB_ERRORS
 
 BUSY = "The database was too busy to complete the request; retry"
 CONFLICT = "Conflict with existing data"
@@ -42,6 +44,7 @@ CONFLICT = "Conflict with existing data"
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 # Connection exceptions, server shutting down / starting / crashed / database dropped.
 SERVER_GONE_CLASSES = ("08", "57P")
+STATEMENT_TIMEOUT = "57014"  # query_canceled: statement_timeout (or lock_timeout)
 # A cancelled statement (statement_timeout), too many connections.
 SERVER_BUSY_SQLSTATES = frozenset({"57014", "53300"})
 
@@ -68,6 +71,7 @@ MYSQL_UNAVAILABLE = frozenset(
         2055,  # lost connection
     }
 )
+MYSQL_TIMEOUTS = frozenset({1205, 1969, 3024})
 MYSQL_OUT_OF_RANGE = frozenset({1264, 1406, 1366, 1292, 3140})
 
 _MARIADB_KEY = re.compile(r"for key '(?:[\w]+\.)?(\w+)'")
@@ -133,9 +137,24 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (sa_exc.SQLAlchemyError, OSError,
 
 
 def translate(exc: BaseException) -> ServiceError | None:
-    """The service error for a database failure, or None when it is not one (a bug)."""
+    """The service error for a database failure, or None when it is not one (a bug); the
+    failures of the database itself counted by kind (`asyncblog_db_errors_total`)."""
     if isinstance(exc, ServiceError):
         return exc
+    error = _classify(exc)
+    if isinstance(error, Unavailable):
+        kind = (
+            "busy"
+            if isinstance(error, Busy)
+            else "timed_out"
+            if isinstance(error, TimedOut)
+            else "unavailable"
+        )
+        DB_ERRORS.labels(kind=kind).inc()
+    return error
+
+
+def _classify(exc: BaseException) -> ServiceError | None:
     if isinstance(exc, sa_exc.TimeoutError):  # SQLAlchemy's pool had no connection in time
         return Unavailable(DB_UNAVAILABLE)
     orig: BaseException = exc
@@ -151,6 +170,8 @@ def translate(exc: BaseException) -> ServiceError | None:
             return Unavailable(SCHEMA_MISSING)
         if errno == MYSQL_DUPLICATE:
             return UniqueViolation(violated_constraint(orig))
+        if errno in MYSQL_TIMEOUTS:
+            return TimedOut(DB_UNAVAILABLE)
         if errno in MYSQL_UNAVAILABLE or errno >= 2000:  # 2xxx: client-side connection errors
             return Unavailable(DB_UNAVAILABLE)
         if errno in MYSQL_OUT_OF_RANGE:
@@ -164,6 +185,8 @@ def translate(exc: BaseException) -> ServiceError | None:
     if sqlstate:
         if sqlstate in RETRYABLE_SQLSTATES:
             return Busy(BUSY)
+        if sqlstate == STATEMENT_TIMEOUT:
+            return TimedOut(DB_UNAVAILABLE)
         if sqlstate == "42P01":  # undefined table
             return Unavailable(SCHEMA_MISSING)
         if unavailable_sqlstate(sqlstate):
@@ -192,7 +215,9 @@ def translate(exc: BaseException) -> ServiceError | None:
         if isinstance(orig, sqlite3.DataError) or "too big" in text:
             return OutOfRange("A value is out of range for the database")
         return None
-    if isinstance(orig, OSError | TimeoutError):  # could not connect, or the network hung
+    if isinstance(orig, TimeoutError):  # the network hung (connecting, or a statement)
+        return TimedOut(DB_UNAVAILABLE)
+    if isinstance(orig, OSError):  # could not connect
         return Unavailable(DB_UNAVAILABLE)
     if _broken(orig):
         return Unavailable(DB_UNAVAILABLE)

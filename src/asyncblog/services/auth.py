@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from asyncblog.db.database import Database
 from asyncblog.errors import BadRequest, TooManyRequests, Unauthorized
+from asyncblog.metrics import LOGINS
 from asyncblog.repositories.base import valid_id
 from asyncblog.repositories.sessions import end_every_login, end_login, renew, start_family
 from asyncblog.repositories.users import CALLER, LOGIN, rehash
@@ -53,12 +54,14 @@ class AuthService:
         if throttle is not None:
             wait = await throttle.reserve(limits)
             if wait:
+                LOGINS.labels(outcome="throttled").inc()
                 raise TooManyRequests(
                     "Too many failed login attempts; try again later", headers=retry_after(wait)
                 )
         try:
             token = await self._login(username, password)
         except Unauthorized:
+            LOGINS.labels(outcome="failed").inc()
             raise  # a failed guess: it stays counted
         except BaseException:
             if throttle is not None:
@@ -66,6 +69,7 @@ class AuthService:
             raise
         if throttle is not None:
             await throttle.succeeded(limits)
+        LOGINS.labels(outcome="ok").inc()
         return token
 
     async def _login(self, username: str, password: str) -> Token:

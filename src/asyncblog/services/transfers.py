@@ -33,12 +33,14 @@ from asyncblog.errors import (
     Unavailable,
     UniqueViolation,
 )
+from asyncblog.metrics import TRANSFERS
 from asyncblog.repositories.base import valid_id
 from asyncblog.repositories.transfers import Outcome, deposit, history, prior, transfer_once
 from asyncblog.schemas import TransferCreate
 from asyncblog.security import AccessClaims
 
 MAX_ATTEMPTS = 5
+CREATED = TRANSFERS.labels(outcome="created")  # bound once: the hot path's label lookup
 
 
 def fingerprint(data: TransferCreate) -> str:
@@ -93,9 +95,11 @@ class TransferService:
                 return self._replay(*found, request)
             except Busy:
                 if attempt == MAX_ATTEMPTS:
+                    TRANSFERS.labels(outcome="given_up").inc()
                     raise Unavailable(
                         "The transfer could not be completed under contention; retry"
                     ) from None
+                TRANSFERS.labels(outcome="retried").inc()
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))  # noqa: S311
                 continue
             return self._result(outcome, request)
@@ -109,13 +113,16 @@ class TransferService:
         if not outcome.recipient_ok:
             raise NotFound("Recipient not found")
         if outcome.created is None:
+            TRANSFERS.labels(outcome="insufficient_balance").inc()
             raise Conflict("Insufficient balance")
+        CREATED.inc()
         return TransferResult(outcome.created, replayed=False)
 
     @staticmethod
     def _replay(found: str | None, view: bytes, request: str | None) -> TransferResult:
         if found != request:
             raise Conflict("Idempotency-Key was already used with a different request")
+        TRANSFERS.labels(outcome="replayed").inc()
         return TransferResult(view, replayed=True)
 
     async def deposit(self, user_id: int, amount: Decimal) -> bytes:
