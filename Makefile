@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint typecheck pytest migrate bench bench-transfers bench-sqlite compare clean
+.PHONY: run test lint typecheck pytest migrate bench chart bench-transfers bench-sqlite compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +41,19 @@ pytest: $(STAMP) | $(CHROMIUM)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+# the bench extra (matplotlib) draws the charts; the measuring scripts need only the venv
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# redraws bench.png/.svg (and compare.png/.svg) of a run; RESULTS defaults to the newest run
+RESULTS ?= $(patsubst %/results.json,%,$(lastword $(sort $(wildcard bench-results/bench_*/results.json))))
+chart: $(BENCH_STAMP)
+	@test -n "$(RESULTS)" || { echo "no bench-results/bench_*/results.json: run make bench first" >&2; exit 1; }
+	$(BIN)/python bench/chart.py $(RESULTS) $(CHART_ARGS)
 
 bench-transfers: $(STAMP)
 	$(BIN)/python bench/transfers.py $(BENCH_ARGS)

@@ -302,6 +302,20 @@ def summarize(
     return ratios
 
 
+def draw_charts(out: Path) -> None:
+    """bench.png/.svg (and compare.png/.svg from the newest compare.sh run) beside results.json.
+    Called once results.json and summary.txt are written, so a failure (matplotlib missing, a
+    broken compare CSV) costs only the pictures: it is logged, and the exit code stays the runs'."""
+    try:
+        import chart  # here, not at the top: the measurements must not depend on matplotlib
+
+        for path in chart.write_charts(out):
+            log(f"== chart: {path}")
+    except Exception as exc:
+        log(f"bench: charts not drawn: {type(exc).__name__}: {exc}")
+        log(f"   (redraw them with `make chart RESULTS={out}`)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.install_signal_handlers()
@@ -383,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 log(f"bench: could not drop {args.db}: {exc}")
     log(f"== results: {out}/results.json, summary.txt")
+    if not args.memory_check and results.get("runs"):
+        draw_charts(out)
     return exit_code
 
 
