@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# The request id on the request's trace spans (TELEMETRY=true), as it is in the log lines.
+REQUEST_ID_ATTRIBUTE = "asyncblog.request_id"
 
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 

@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         access_log=settings.access_log,
         max_body=settings.max_body_bytes,
         recorder=recorder,
+        telemetry=settings.telemetry,
     )
     add_routes(
         app, users.bulk, users.router, posts.router, money.router, auth.router, health.router

@@ -9,12 +9,13 @@ import re
 import time
 
 import orjson
+from opentelemetry import trace
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asyncblog.api.metrics import RequestRecorder
 from asyncblog.api.overrides import current_app
-from asyncblog.log import request_id
+from asyncblog.log import REQUEST_ID_ATTRIBUTE, request_id
 
 access_logger = logging.getLogger("asyncblog.access")
 error_logger = logging.getLogger("asyncblog.error")
@@ -48,11 +49,13 @@ class RequestContextMiddleware:
         access_log: bool = True,
         max_body: int = 1 << 20,
         recorder: RequestRecorder | None = None,
+        telemetry: bool = False,
     ) -> None:
         self.app = app
         self.access_log = access_log
         self.max_body = max_body
         self.recorder = recorder  # the request metrics, when METRICS=true
+        self.telemetry = telemetry  # the request's span (FastAPI's) gets the request id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,6 +69,8 @@ class RequestContextMiddleware:
         recorder = self.recorder
         if recorder is not None:
             recorder.in_flight += 1
+        if self.telemetry:
+            trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, rid)
         status = 0
         docs = scope["path"].startswith(("/docs", "/redoc"))
         added = [(b"x-request-id", rid.encode()), *(DOCS_HEADERS if docs else API_HEADERS)]

@@ -41,6 +41,7 @@ from asyncblog.db.admission import Admission
 from asyncblog.db.engine import SQLITE_BEGIN_OPTION, create_engine, in_transaction
 from asyncblog.db.errors import connection_lost, translate
 from asyncblog.db.statements import Statement
+from asyncblog.db.tracing import SYSTEMS, instrument_engine, statement_span
 from asyncblog.errors import ServiceError
 
 
@@ -130,6 +131,41 @@ class _Aiomysql(_Driver):
     async def affected(self, con: Any, sql: str, args: Sequence[Any]) -> int:
         async with con.cursor() as cursor:
             return int(await cursor.execute(sql, args or None))
+
+
+class _Traced(_Driver):
+    """A driver with a span around each statement it sends (TELEMETRY=true): `db.tracing`."""
+
+    def __init__(self, driver: _Driver, dialect: str) -> None:
+        self._driver = driver
+        self._system = SYSTEMS.get(dialect, dialect)
+        self.implicit_transactions = driver.implicit_transactions
+
+    async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        with statement_span(self._system, sql) as span:
+            rows = await self._driver.fetch(con, sql, args)
+            span.set_attribute("db.response.returned_rows", len(rows))
+            return rows
+
+    async def value(self, con: Any, sql: str, args: Sequence[Any]) -> Any:
+        with statement_span(self._system, sql):
+            return await self._driver.value(con, sql, args)
+
+    async def execute(self, con: Any, sql: str) -> None:
+        with statement_span(self._system, sql):
+            await self._driver.execute(con, sql)
+
+    async def affected(self, con: Any, sql: str, args: Sequence[Any]) -> int:
+        with statement_span(self._system, sql) as span:
+            count = await self._driver.affected(con, sql, args)
+            span.set_attribute("db.response.affected_rows", count)
+            return count
+
+    async def alive(self, con: Any, within: float) -> bool:
+        return await self._driver.alive(con, within)  # a ping is no statement of the request
+
+    def begin(self, write: bool) -> str:
+        return self._driver.begin(write)
 
 
 DRIVERS: dict[str, type[_Driver]] = {
@@ -239,6 +275,9 @@ class Database:
         self.settings = settings
         self.dialect = dialect_of(engine.url)
         self._driver = DRIVERS[self.dialect]()
+        if settings is not None and settings.telemetry:
+            self._driver = _Traced(self._driver, self.dialect)
+            instrument_engine(engine)
         reader = writer = engine
         if self.dialect == "sqlite":
             writer = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})

@@ -1,0 +1,181 @@
+"""TELEMETRY=true on every backend, with an in-memory exporter: the request's span (FastAPI's
+own), one child span per statement the data path sends (BEGIN and COMMIT included), the ORM's
+statements through opentelemetry-instrumentation-sqlalchemy, all carrying the request id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from asyncblog.api.app import create_app
+from asyncblog.api.state import AppState
+from asyncblog.db.database import Database
+from asyncblog.log import REQUEST_ID_ATTRIBUTE
+from tests.fixtures.app import Api, empty_tables
+from tests.fixtures.databases import Backend
+
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The process's tracer provider (set once: OpenTelemetry allows no second one) exporting
+    to memory; the SQLAlchemy instrumentation removed afterwards, so later tests trace nothing."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+    _EXPORTER.clear()
+    try:
+        yield _EXPORTER
+    finally:
+        SQLAlchemyInstrumentor().uninstrument()
+        _EXPORTER.clear()
+
+
+@pytest.fixture
+async def traced_api(backend: Backend, spans: InMemorySpanExporter) -> AsyncIterator[Api]:
+    settings = backend.settings.model_copy(update={"telemetry": True})
+    state = AppState.build(settings, Database(backend.engine, settings))
+    app = create_app(state=state)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield Api(client, state)
+    finally:
+        await state.db.release_idle()
+        await empty_tables(backend.engine)
+
+
+def request_span(finished: tuple[ReadableSpan, ...], route: str) -> ReadableSpan:
+    (server,) = [
+        s
+        for s in finished
+        if s.kind is SpanKind.SERVER and (s.attributes or {}).get("http.route") == route
+    ]
+    return server
+
+
+def descendants(finished: tuple[ReadableSpan, ...], root: ReadableSpan) -> list[ReadableSpan]:
+    """The spans under `root` (through any depth), in the order they started."""
+    by_id = {s.context.span_id: s for s in finished}
+
+    def under(span: ReadableSpan) -> bool:
+        parent = span.parent
+        while parent is not None:
+            if parent.span_id == root.context.span_id:
+                return True
+            above = by_id.get(parent.span_id)
+            parent = above.parent if above is not None else None
+        return False
+
+    return sorted((s for s in finished if under(s)), key=lambda s: s.start_time or 0)
+
+
+def statements(spans: list[ReadableSpan]) -> list[ReadableSpan]:
+    return [
+        s for s in spans if s.kind is SpanKind.CLIENT and "db.query.text" in (s.attributes or {})
+    ]
+
+
+# Statements a transfer sends on the data path, by backend, in one transaction: both rows locked
+# in id order, then on PostgreSQL the money moved, the ledger row written and the view returned
+# by one statement; on SQLite and MariaDB (no DML in CTEs) an UPDATE and an INSERT.
+TRANSFER_OPERATIONS: dict[str, list[str]] = {
+    "postgresql": ["BEGIN", "SELECT", "WITH", "COMMIT"],
+    "sqlite": ["BEGIN", "SELECT", "UPDATE", "INSERT", "COMMIT"],
+    "mariadb": ["BEGIN", "SELECT", "UPDATE", "INSERT", "COMMIT"],
+}
+
+
+async def test_a_transfer_has_one_span_per_statement_under_its_request(
+    backend: Backend, traced_api: Api, spans: InMemorySpanExporter
+) -> None:
+    api = traced_api
+    _, admin = await api.admin()
+    sender, auth = await api.user()
+    recipient = await api.register()
+    await api.deposit(admin, sender["id"], "10.00")
+    spans.clear()
+
+    response = await api.client.post(
+        "/transfers",
+        json={"to_user_id": recipient["id"], "amount": "2.50"},
+        headers={**auth, "X-Request-ID": "trace-me-1"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["x-request-id"] == "trace-me-1"
+
+    finished = spans.get_finished_spans()
+    server = request_span(finished, "/transfers")
+    assert (server.attributes or {})[REQUEST_ID_ATTRIBUTE] == "trace-me-1"
+    sent = statements(descendants(finished, server))
+    operations = [(s.attributes or {})["db.operation.name"] for s in sent]
+    assert operations == TRANSFER_OPERATIONS[backend.name], [
+        (s.attributes or {})["db.query.text"] for s in sent
+    ]
+    for span in sent:
+        attributes: dict[str, Any] = dict(span.attributes or {})
+        assert span.context.trace_id == server.context.trace_id
+        assert attributes[REQUEST_ID_ATTRIBUTE] == "trace-me-1"
+        assert attributes["db.system.name"] == {"mariadb": "mariadb"}.get(
+            backend.name, backend.name
+        )
+        assert "2.50" not in attributes["db.query.text"]  # the text, never the values
+        assert span.name == attributes["db.operation.name"]
+    # No statement of the request escaped its trace.
+    orphans = [
+        s for s in statements(list(finished)) if s.context.trace_id != server.context.trace_id
+    ]
+    assert orphans == []
+
+
+async def test_a_failing_statement_is_marked_on_its_span(
+    traced_api: Api, spans: InMemorySpanExporter
+) -> None:
+    api = traced_api
+    first = await api.register()
+    me, auth = await api.user()
+    spans.clear()
+    # taken: the UPDATE breaks the unique constraint
+    body = {"email": first["email"], "current_password": "password123"}
+    response = await api.client.patch(f"/users/{me['id']}", json=body, headers=auth)
+    assert response.status_code == 409, response.text
+    finished = spans.get_finished_spans()
+    server = request_span(finished, "/users/{user_id}")
+    failed = [s for s in statements(descendants(finished, server)) if not s.status.is_ok]
+    assert failed, "the refused INSERT's span is not marked as an error"
+    assert any(event.name == "exception" for event in failed[0].events)
+
+
+async def test_the_orm_statements_are_traced_under_their_request_too(
+    traced_api: Api, spans: InMemorySpanExporter
+) -> None:
+    api = traced_api
+    _, admin = await api.admin()
+    spans.clear()
+    users = [{"username": "traced_bulk", "email": "tb@example.com", "password": "password123"}]
+    response = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
+    assert response.status_code == 201, response.text
+    finished = spans.get_finished_spans()
+    server = request_span(finished, "/users/bulk")
+    orm = [
+        s
+        for s in descendants(finished, server)
+        if s.instrumentation_scope is not None
+        and s.instrumentation_scope.name == "opentelemetry.instrumentation.sqlalchemy"
+    ]
+
+    assert orm, "the bulk import's ORM statements have no span"
+    assert any("INSERT" in s.name.upper() for s in orm), [s.name for s in orm]
