@@ -7,7 +7,7 @@ PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint typecheck pytest migrate bench chart bench-transfers bench-sqlite compare clean
+.PHONY: run test lint typecheck pytest migrate bench chart bench-ab bench-transfers bench-sqlite compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ RESULTS ?= $(patsubst %/results.json,%,$(lastword $(sort $(wildcard bench-result
 chart: $(BENCH_STAMP)
 	@test -n "$(RESULTS)" || { echo "no bench-results/bench_*/results.json: run make bench first" >&2; exit 1; }
 	$(BIN)/python bench/chart.py $(RESULTS) $(CHART_ARGS)
+
+# what a setting costs: two servers differing only in it, alternating (default: METRICS=true)
+bench-ab: $(STAMP)
+	$(BIN)/python bench/ab.py $(BENCH_ARGS)
 
 bench-transfers: $(STAMP)
 	$(BIN)/python bench/transfers.py $(BENCH_ARGS)

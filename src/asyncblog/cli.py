@@ -12,6 +12,7 @@ import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -91,23 +92,23 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    if migrate if migrate is not None else settings.dialect == "sqlite":
-        _migrate(settings)
-    try:
-        settings.resolved_secret_key()  # create the key file once, before the workers start
-    except (OSError, ValueError) as exc:
-        _fail(f"SECRET_KEY: {exc}")
-    if console_wanted(settings.log_format):  # a person is watching: where to go from here
-        shown = f"[{host}]" if ":" in host else host
-        say = partial(err.print, markup=False, highlight=False, soft_wrap=True)
-        say(f"asyncblog: the interactive docs are at http://{shown}:{port}/docs")
-        if not settings.first_admin_username:
-            say(
-                "create the first admin with `asyncblog create-admin` (it asks for the name, "
-                "email and password), or set FIRST_ADMIN_USERNAME, FIRST_ADMIN_EMAIL and "
-                "FIRST_ADMIN_PASSWORD"
-            )
-    with _metrics_for(settings, host, workers):
+    with _metrics_for(settings, host, workers):  # first: before prometheus-client is imported
+        if migrate if migrate is not None else settings.dialect == "sqlite":
+            _migrate(settings)
+        try:
+            settings.resolved_secret_key()  # create the key file once, before the workers start
+        except (OSError, ValueError) as exc:
+            _fail(f"SECRET_KEY: {exc}")
+        if console_wanted(settings.log_format):  # a person is watching: where to go from here
+            shown = f"[{host}]" if ":" in host else host
+            say = partial(err.print, markup=False, highlight=False, soft_wrap=True)
+            say(f"asyncblog: the interactive docs are at http://{shown}:{port}/docs")
+            if not settings.first_admin_username:
+                say(
+                    "create the first admin with `asyncblog create-admin` (it asks for the name, "
+                    "email and password), or set FIRST_ADMIN_USERNAME, FIRST_ADMIN_EMAIL and "
+                    "FIRST_ADMIN_PASSWORD"
+                )
         _serve(host, port, workers)
 
 
@@ -130,29 +131,43 @@ def _serve(host: str, port: int, workers: int) -> None:
 
 @contextmanager
 def _metrics_for(settings: Settings, host: str, workers: int) -> Iterator[None]:
-    """With METRICS=true and several workers: prometheus-client's multiprocess mode, in
-    PROMETHEUS_MULTIPROC_DIR (emptied first) or a directory of this run's own (removed at the
-    end); the workers inherit it. With METRICS_PORT: the numbers served on that port by this
+    """With METRICS=true: prometheus-client's multiprocess mode for several workers, in
+    PROMETHEUS_MULTIPROC_DIR or else a directory of this run's own (removed at the end), which
+    the workers inherit. A given directory is emptied first: a previous run's files would be
+    summed into this one's numbers. Entered before anything imports prometheus-client, which
+    opens its files at import. With METRICS_PORT: the numbers served on that port by this
     process (every worker's summed), not on the API's."""
     if not settings.metrics:
         yield
         return
     own_dir = None
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    given = os.environ.get(MULTIPROC_DIR)
+    if given:
+        _emptied(Path(given))
+    elif workers > 1:
         own_dir = tempfile.mkdtemp(prefix="asyncblog-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
-    from asyncblog import metrics  # after the variable: prometheus-client reads it at import
-
-    directory = metrics.multiprocess_dir()
-    if directory is not None and workers > 1:
-        metrics.prepare_directory(directory)
+        os.environ[MULTIPROC_DIR] = own_dir
     try:
         if settings.metrics_port is not None:
+            from asyncblog import metrics
+
             metrics.serve_on_port(settings.metrics_port, host)
         yield
     finally:
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
+
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _emptied(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+    except OSError as exc:
+        _fail(f"PROMETHEUS_MULTIPROC_DIR: {exc}")
 
 
 @cli.command()

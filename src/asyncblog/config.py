@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     # to the global OpenTelemetry providers (FASTAPI_OTEL_AUTO_CONFIGURE=true and
     # OTEL_EXPORTER_OTLP_ENDPOINT export them over OTLP). Off: they cost every request.
     telemetry: bool = False
-    # Prometheus: GET /metrics (asyncblog.metrics). METRICS_TOKEN: scrapes must send it as a
-    # bearer token. METRICS_PORT: served on that port of the serve host instead of the API's.
+    # Prometheus: GET /metrics (asyncblog.metrics). METRICS_TOKEN: scrapes of the API's port
+    # must send it as a bearer token. METRICS_PORT: `asyncblog serve` answers them on that port
+    # of its --host instead, with no token: bind to a private interface or firewall it.
     metrics: bool = False
     metrics_token: SecretStr | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

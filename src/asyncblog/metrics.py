@@ -6,7 +6,8 @@ The request metrics are the exception: they cost every request, so the middlewar
 only when metrics are on.
 
 Several worker processes (`asyncblog serve --workers N`) use prometheus-client's multiprocess
-mode: `serve` points PROMETHEUS_MULTIPROC_DIR at an empty directory before the workers start,
+mode: `serve` points PROMETHEUS_MULTIPROC_DIR at an empty directory before the workers start
+(`cli._metrics_for`),
 each worker writes its values to its own files there, and whichever worker answers `/metrics`
 sums every worker's files. A worker that died leaves its counters (what it counted happened)
 but its live gauges are removed when the next worker starts (`forget_dead_workers`).
@@ -70,7 +71,8 @@ IN_FLIGHT = Gauge(
 )
 GATE_SLOTS = Gauge(
     "asyncblog_db_gate_slots",
-    "Units of work the admission gate lets run at once (the pool's size).",
+    "Units of work the admission gate lets run at once: the pool's size (SQLite: one more, "
+    "the writers' lane) (sampled).",
     multiprocess_mode="livesum",
 )
 GATE_IN_USE = Gauge(
@@ -102,9 +104,10 @@ DB_ERRORS = Counter(
 )
 TRANSFERS = Counter(
     "asyncblog_transfers",
-    "Transfer requests by outcome: created, replayed (an Idempotency-Key seen before), "
+    "Transfers by outcome: created, replayed (an Idempotency-Key seen before), "
     "insufficient_balance, retried (an attempt ran again after a deadlock or serialization "
-    "failure), given_up (still contended after every attempt: 503).",
+    "failure), given_up (still contended after every attempt: 503). Other refusals (401, 404, "
+    "422) and outages show in http_requests_total.",
     ["outcome"],
 )
 LOGINS = Counter(
@@ -116,6 +119,9 @@ LOGINS = Counter(
 # The known methods; anything else a client sends is counted as "other" (labels stay bounded).
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED: Final = "unmatched"  # a path no route took (404)
+# The status of a request that ended without an answer (its client left, it was cancelled):
+# nginx's "client closed request", not a 5xx the service answered.
+NO_ANSWER: Final = 499
 
 
 def multiprocess_dir() -> Path | None:
@@ -144,14 +150,6 @@ def serve_on_port(port: int, host: str) -> None:
     """Answer scrapes on `port` from a thread of this process (`METRICS_PORT`): with several
     workers, this is `serve`'s supervising process, which sums the workers' files."""
     start_http_server(port, addr=host, registry=registry())
-
-
-def prepare_directory(directory: Path) -> None:
-    """Empty the directory of a previous run's files (prometheus-client requires it: a stale
-    file would be summed into the new run's numbers)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink(missing_ok=True)
 
 
 def forget_dead_workers() -> None:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asyncblog.api.metrics import RequestRecorder
 from asyncblog.api.overrides import current_app
 from asyncblog.log import REQUEST_ID_ATTRIBUTE, request_id
+from asyncblog.metrics import NO_ANSWER
 
 access_logger = logging.getLogger("asyncblog.access")
 error_logger = logging.getLogger("asyncblog.error")
@@ -116,7 +117,7 @@ class RequestContextMiddleware:
                 await send({"type": "http.response.body", "body": INTERNAL_ERROR})
         finally:
             if recorder is not None:
-                recorder.done(scope, status or 500, time.perf_counter() - started)
+                recorder.done(scope, status or NO_ANSWER, time.perf_counter() - started)
             if self.access_log:
                 access_logger.info(
                     "request",

@@ -1,8 +1,8 @@
 """Traces of the database work (TELEMETRY=true): a span per statement, child of the request's.
 
 The data path runs its statements on the driver connection (`db.database`), beneath SQLAlchemy,
-so `opentelemetry-instrumentation-sqlalchemy` sees only the ORM's statements (bulk imports, the
-command line); it instruments the engine for those. Every statement of the data path, BEGIN and
+so `opentelemetry-instrumentation-sqlalchemy` sees only the ORM's statements (the bulk imports);
+it instruments the engine for those. Every statement of the data path, BEGIN and
 COMMIT included, gets its span here, by wrapping the driver calls: with telemetry off the wrapper
 is not there and costs nothing.
 
