@@ -1,6 +1,6 @@
 """GET /metrics in one process, on every backend: off unless METRICS=true, behind METRICS_TOKEN
 when set, and the numbers it shows follow the requests made (the many-worker sums are in
-tests/test_metrics_workers.py).
+tests/test_metrics.py).
 
 The metrics are the process's (prometheus-client's registry): each test compares a scrape
 after its requests with one before them.

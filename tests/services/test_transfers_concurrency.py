@@ -24,6 +24,7 @@ from asyncblog.api.state import AppState
 from asyncblog.models import Transfer, User
 from tests.api.test_money import assert_ledger_invariants, ledger_mismatches, ledger_rows
 from tests.fixtures.app import Api
+from tests.fixtures.metrics import counted
 
 pytestmark = pytest.mark.concurrency
 
@@ -187,10 +188,15 @@ async def test_opposite_transfers_at_once_do_not_deadlock(live_api: Api) -> None
     for _ in range(40):  # 40 each way: enough funds whatever the order
         calls.append(transfer_call(live_api, a, b, Decimal("1.00")))
         calls.append(transfer_call(live_api, b, a, Decimal("1.00")))
+    busy = counted("asyncblog_db_errors_total", kind="busy")
+    retried = counted("asyncblog_transfers_total", outcome="retried")
 
     responses = await bounded(calls)
 
     assert unexpected(responses, {201}) == []
+    # Not even a silent retry: the rows are locked in one order, so no deadlock ever happened.
+    assert counted("asyncblog_db_errors_total", kind="busy") == busy
+    assert counted("asyncblog_transfers_total", outcome="retried") == retried
     report = await assert_ledger_invariants(live_api.state)
     assert report.rows[a.id].balance == report.rows[b.id].balance == Decimal("100.00")
     assert report.transfer_rows == 80
