@@ -760,3 +760,19 @@ async def test_a_422_never_echoes_a_password_even_in_a_whole_body(api: Api) -> N
     response = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
     assert response.status_code == 422
     assert secret not in response.text
+
+
+async def test_no_password_is_echoed_when_the_whole_body_is_refused(api: Api) -> None:
+    """A body refused as a whole (the error's input is the body) hides every field naming a
+    password, `current_password` too, wherever it is nested."""
+    user, headers = await api.user()
+    secret = "s3cret-never-echoed"
+    bodies = [
+        {"current_password": secret, "username": None},
+        {"current_password": secret, "password": secret, "email": "not an email"},
+        [{"current_password": secret}],
+    ]
+    for body in bodies:
+        response = await api.client.patch(f"/users/{user['id']}", json=body, headers=headers)
+        assert response.status_code == 422, response.text
+        assert secret not in response.text, body

@@ -1,4 +1,5 @@
-"""The transfer's retry, provoked for real on PostgreSQL (the throwaway cluster): a deadlock
+"""The transfer's retry, provoked for real on PostgreSQL (the throwaway cluster; and MariaDB's
+deadlock, error 1213, at the end): a deadlock
 (40P01) and a serialization failure (40001) make an attempt run again, counted
 (`asyncblog_transfers_total{outcome="retried"}`); five deadlocks in a row give up with a 503
 that moved no money. PostgreSQL's own deadlock counter confirms each deadlock happened.
@@ -13,12 +14,21 @@ inside a savepoint and rolls back to it, ready to trap the next attempt.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiomysql
 import asyncpg
 import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
+from asyncblog import migrations
 from tests.fixtures.cluster import PgDatabase
-from tests.fixtures.databases import settings_for
+from tests.fixtures.databases import drop_database, new_database, settings_for
 from tests.fixtures.faults import Member, assert_invariants, members, send
 from tests.fixtures.metrics import counted
 from tests.fixtures.servers import in_process_app
@@ -150,3 +160,75 @@ async def test_a_serialization_failure_is_retried_and_completes(pg_database: PgD
         assert (retried() - before[0], busy - before[1]) == (1, 1)
         balance = await api.client.get("/users/me", headers=first.headers)
         assert balance.json()["balance"] == "104.00"  # the retry saw the committed +5
+
+
+# ---------------------------------------------------------------------------- MariaDB
+
+
+@pytest.fixture
+async def mariadb_url(tmp_path: Path) -> AsyncIterator[URL]:
+    url = await new_database("mariadb", tmp_path)
+    try:
+        await asyncio.to_thread(migrations.upgrade, url)
+        yield url
+    finally:
+        await drop_database("mariadb", url)
+
+
+async def innodb_waits(url: URL) -> None:
+    """Until a transaction waits for a row lock (the app's transfer, behind the holder)."""
+    conn = await aiomysql.connect(
+        host=url.host, port=url.port or 3306, user=url.username, db=url.database
+    )
+    try:
+        for _ in range(40):
+            async with conn.cursor() as cursor:
+                await cursor.execute(
+                    "SELECT count(*) FROM information_schema.innodb_trx "
+                    "WHERE trx_state = 'LOCK WAIT'"
+                )
+                (waiting,) = await cursor.fetchone()
+            if waiting:
+                return
+            # MariaDB refreshes innodb_trx only when it was not read for 100 ms
+            await asyncio.sleep(0.12)
+    finally:
+        conn.close()
+    raise AssertionError("the transfer never queued on the lock")
+
+
+@pytest.mark.mariadb
+async def test_a_deadlocked_transfer_is_retried_on_mariadb(mariadb_url: URL) -> None:
+    """MariaDB (error 1213) aborts the lighter of the two transactions at once: the holder first
+    changes rows (undo records weigh), so the app's transfer, which changed none, is the one."""
+    engine = create_async_engine(mariadb_url, poolclass=NullPool)
+    try:
+        async with in_process_app(settings_for(mariadb_url)) as api:
+            _, users = await members(api.client, engine, 2)
+            first, second = sorted(users, key=lambda m: m.id)
+            before = retried(), counted("asyncblog_db_errors_total", kind="busy")
+            async with engine.connect() as holder:
+                await holder.begin()
+                for step in ("+", "-") * 5:  # weight: ten changed rows, net nothing
+                    await holder.execute(
+                        text(f"UPDATE users SET balance = balance {step} 1 WHERE id = :id"),
+                        {"id": second.id},
+                    )
+                await holder.execute(
+                    text("SELECT id FROM users WHERE id = :id FOR UPDATE"), {"id": second.id}
+                )
+                sent = asyncio.create_task(send(api.client, first, second))
+                await innodb_waits(mariadb_url)
+                # The cycle: MariaDB aborts the app's attempt, and this lock is granted.
+                await holder.execute(
+                    text("SELECT id FROM users WHERE id = :id FOR UPDATE"), {"id": first.id}
+                )
+                await holder.rollback()
+            response: httpx.Response = await asyncio.wait_for(sent, 30)
+            assert response.status_code == 201, response.text
+            busy = counted("asyncblog_db_errors_total", kind="busy")
+            assert (retried() - before[0], busy - before[1]) == (1, 1)
+        book = await assert_invariants(engine)
+        assert len(book.transfer_ids) == 1
+    finally:
+        await engine.dispose()

@@ -18,12 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, text
 
 from asyncblog.api.state import AppState
 from asyncblog.models import Transfer, User
+from asyncblog.schemas import TransferCreate
+from asyncblog.services.transfers import fingerprint
 from tests.api.test_money import assert_ledger_invariants, ledger_mismatches, ledger_rows
 from tests.fixtures.app import Api
+from tests.fixtures.databases import Backend
 from tests.fixtures.metrics import counted
 
 pytestmark = pytest.mark.concurrency
@@ -239,6 +242,9 @@ async def test_concurrent_replays_of_one_key_move_money_once(live_api: Api) -> N
     bodies: list[dict[str, Any]] = [r.json() for r in responses]
     assert len({body["id"] for body in bodies}) == 1
     assert all(body == bodies[0] for body in bodies)
+    # the one that made it says nothing; the 19 others say they replayed it
+    replayed = [r.headers.get("idempotent-replayed") for r in responses]
+    assert sorted(replayed, key=str) == [None] + ["true"] * 19
     assert await count_with_key(live_api, sender, key) == 1
     report = await assert_ledger_invariants(live_api.state)
     assert report.rows[sender.id].balance == Decimal("87.66")
@@ -372,3 +378,82 @@ async def test_money_edits_and_deletions_at_once_keep_every_invariant(live_api: 
     for user in users:
         if user.id not in deleted:
             assert versions[user.id] == 1 + moves.get(user.id, 0) + edits[user.id], user.id
+
+
+# MariaDB refreshes information_schema.innodb_trx only when it was not read for 100 ms: probing
+# faster would read the same stale list forever.
+PROBE_EVERY = 0.12
+# Where the app is seen waiting for the other connection's uncommitted ledger row.
+_WAITING = {
+    # the INSERT's unique check waits for the other transaction to end
+    "postgresql": "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+    "mariadb": "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
+}
+
+
+async def test_a_key_inserted_between_the_check_and_the_insert_is_replayed(
+    live_api: Api, backend: Backend
+) -> None:
+    """The INSERT race of an Idempotency-Key, forced: another transaction inserts the sender's
+    row with the key after the transfer looked the key up (it saw nothing: not committed yet)
+    and before the transfer's own INSERT, which then waits for it. When it commits, the
+    transfer's INSERT breaks the unique constraint, nothing the attempt did stays, and the
+    answer is a replay of the other row, with `Idempotent-Replayed: true`. (SQLite has one
+    writer: the transfer waits for the other transaction before it begins, then finds the key
+    with its lookup; the same answer.)"""
+    _, (sender, recipient) = await members(live_api, 2, "100.00")
+    key, amount = "race-1", Decimal("7.00")
+    print_ = fingerprint(TransferCreate(to_user_id=recipient.id, amount=amount))
+    engine = backend.engine
+    async with engine.connect() as other:
+        await other.begin()
+        inserted = await other.execute(
+            insert(Transfer)
+            .values(
+                from_user_id=sender.id,
+                to_user_id=recipient.id,
+                amount=amount,
+                idempotency_key=key,
+                request_fingerprint=print_,
+            )
+            .returning(Transfer.id)
+        )
+        other_id = inserted.scalar_one()
+        sent = asyncio.create_task(transfer_call(live_api, sender, recipient, amount, key)())
+        await app_waits_for(backend, live_api.state, sent)
+        await other.commit()
+    response = await asyncio.wait_for(sent, 30)
+
+    assert response.status_code == 201, response.text
+    assert response.headers.get("idempotent-replayed") == "true"
+    assert response.json()["id"] == other_id
+    assert await count_with_key(live_api, sender, key) == 1
+    # The transfer's attempt moved nothing (the other row is bookkeeping only: no money moved).
+    rows = await balances(live_api.state, sender.id, recipient.id)
+    assert rows == [Decimal("100.00"), Decimal("100.00")]
+
+
+async def app_waits_for(
+    backend: Backend, state: AppState, sent: asyncio.Task[httpx.Response]
+) -> None:
+    """Until the transfer waits for the other transaction: on PostgreSQL and MariaDB, its INSERT
+    on the key's unique index; on SQLite, its BEGIN IMMEDIATE (its writer's slot is held)."""
+    for _ in range(40):  # 40 x PROBE_EVERY: about 5 s, the statement timeout
+        if sent.done():
+            raise AssertionError(f"the transfer did not wait: {sent.result().text}")
+        if backend.name == "sqlite":
+            if state.db.admission.usage()[1] >= 1:
+                return
+        else:
+            async with backend.engine.connect() as probe:
+                if (await probe.execute(text(_WAITING[backend.name]))).scalar_one() >= 1:
+                    return
+        await asyncio.sleep(PROBE_EVERY)
+    raise AssertionError("the transfer never waited for the other transaction")
+
+
+async def balances(state: AppState, *ids: int) -> list[Decimal]:
+    async with state.db.session() as session:
+        found = await session.execute(select(User.id, User.balance).where(User.id.in_(ids)))
+        by_id = {row[0]: row[1] for row in found}
+    return [by_id[i] for i in ids]

@@ -48,8 +48,8 @@ ECHO_DEPTH = 16
 def _printable(value: Any, depth: int = 0) -> Any:
     """`value` made printable as strict JSON: strings encodable as UTF-8 (a lone surrogate from
     a JSON escape such as "\\ud800" becomes U+FFFD), non-finite numbers as text, and nesting
-    cut at ECHO_DEPTH levels, so that echoing bad input back cannot itself fail; and any
-    "password" in it hidden."""
+    cut at ECHO_DEPTH levels, so that echoing bad input back cannot itself fail; and the value
+    of any key naming a password (`password`, `current_password`, ...) hidden."""
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if isinstance(value, float) and not math.isfinite(value):
@@ -58,12 +58,16 @@ def _printable(value: Any, depth: int = 0) -> Any:
         return "..."
     if isinstance(value, dict):
         return {
-            _printable(k, depth + 1): "[hidden]" if k == "password" else _printable(v, depth + 1)
+            _printable(k, depth + 1): "[hidden]" if _secret(k) else _printable(v, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [_printable(v, depth + 1) for v in value]
     return value
+
+
+def _secret(key: object) -> bool:
+    return isinstance(key, str) and "password" in key.lower()
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
