@@ -613,3 +613,37 @@ async def test_concurrent_bulk_skip_requests_create_each_username_once(live_api:
     async with live_api.state.db.session() as session:
         stored = list(await session.scalars(select(func.lower(User.username))))
     assert sorted(stored) == sorted(wanted | {admin_user["username"].lower()})
+
+
+async def test_an_ended_token_moves_no_money(api: Api) -> None:
+    """The transfer's own statement checks the caller's token version and activity (the route
+    decodes the token only): a token ended by logout-all, a password change or a deactivation
+    is 401, and nothing moves."""
+    _, admin = await api.admin()
+    recipient = await api.register()
+    endings = {
+        "logout all": lambda user, auth: api.client.post(
+            "/auth/logout", json={"all": True}, headers=auth
+        ),
+        "password change": lambda user, auth: api.client.patch(
+            f"/users/{user['id']}",
+            json={"password": "another-password-1", "current_password": "password123"},
+            headers=auth,
+        ),
+        "deactivation": lambda user, auth: api.client.patch(
+            f"/users/{user['id']}", json={"is_active": False}, headers=admin
+        ),
+    }
+    for what, end in endings.items():
+        user, auth = await api.user()
+        await api.deposit(admin, user["id"], "10.00")
+        ended = await end(user, auth)
+        assert ended.status_code in (200, 204), (what, ended.text)
+        body = {"to_user_id": recipient["id"], "amount": "1.00"}
+        refused = await api.client.post("/transfers", json=body, headers=auth)
+        assert refused.status_code == 401, (what, refused.text)
+        assert refused.headers["www-authenticate"] == "Bearer"
+        async with api.state.db.session() as session:
+            balance = await session.scalar(select(User.balance).where(User.id == user["id"]))
+            received = await session.scalar(select(User.balance).where(User.id == recipient["id"]))
+        assert (balance, received) == (Decimal("10.00"), ZERO), what

@@ -179,3 +179,65 @@ async def test_the_orm_statements_are_traced_under_their_request_too(
 
     assert orm, "the bulk import's ORM statements have no span"
     assert any("INSERT" in s.name.upper() for s in orm), [s.name for s in orm]
+
+
+def operations(finished: tuple[ReadableSpan, ...], route: str) -> list[str]:
+    """The data path's statements of the request on `route`, by their first keyword."""
+    sent = statements(descendants(finished, request_span(finished, route)))
+    return [str((s.attributes or {})["db.operation.name"]) for s in sent]
+
+
+# A statement on its own: PostgreSQL and SQLite run it in autocommit; MariaDB's connections
+# begin a transaction with any statement, so the data path brackets it.
+ALONE = {"postgresql": [], "sqlite": [], "mariadb": ["BEGIN", "COMMIT"]}
+
+
+def alone(backend: Backend, operation: str) -> list[str]:
+    wrap = ALONE[backend.name]
+    return [wrap[0], operation, wrap[1]] if wrap else [operation]
+
+
+async def test_the_hot_routes_are_one_statement_each(
+    backend: Backend, traced_api: Api, spans: InMemorySpanExporter
+) -> None:
+    """GET /users/{id} (the user, its first posts, their count) and POST /posts (the caller's
+    token checked, the INSERT, the view) each send one statement; on MariaDB the read is two
+    (the user with its count, then its posts), each bracketed by BEGIN and COMMIT."""
+    api = traced_api
+    user, auth = await api.user()
+    spans.clear()
+    assert (await api.client.get(f"/users/{user['id']}")).status_code == 200
+    created = await api.client.post("/posts", json={"title": "t", "content": "c"}, headers=auth)
+    assert created.status_code == 201, created.text
+    finished = spans.get_finished_spans()
+    user_statements = alone(backend, "SELECT")
+    if backend.name == "mariadb":  # no JSON aggregation there yet: the user, then its posts
+        user_statements *= 2
+    assert operations(finished, "/users/{user_id}") == user_statements
+    assert operations(finished, "/posts") == alone(backend, "INSERT")
+
+
+async def test_the_transfer_locks_both_rows_in_id_order_for_the_update_only(
+    backend: Backend, traced_api: Api, spans: InMemorySpanExporter
+) -> None:
+    """PostgreSQL takes FOR NO KEY UPDATE (a login may insert a refresh token for the user
+    meanwhile), MariaDB FOR UPDATE, SQLite nothing (BEGIN IMMEDIATE took the write lock)."""
+    api = traced_api
+    _, admin = await api.admin()
+    sender, auth = await api.user()
+    recipient = await api.register()
+    await api.deposit(admin, sender["id"], "5.00")
+    spans.clear()
+    body = {"to_user_id": recipient["id"], "amount": "1.00"}
+    assert (await api.client.post("/transfers", json=body, headers=auth)).status_code == 201
+    finished = spans.get_finished_spans()
+    sent = statements(descendants(finished, request_span(finished, "/transfers")))
+    lock = str((sent[1].attributes or {})["db.query.text"])
+    assert "ORDER BY users.id" in lock
+    clause = {"postgresql": "FOR NO KEY UPDATE", "mariadb": "FOR UPDATE", "sqlite": None}
+    expected = clause[backend.name]
+    if expected is None:
+        assert "FOR " not in lock
+        assert str((sent[0].attributes or {})["db.query.text"]) == "BEGIN IMMEDIATE"
+    else:
+        assert lock.rstrip().endswith(expected), lock

@@ -84,7 +84,7 @@ async def test_a_transfer_stuck_behind_a_lock_is_503_on_every_backend(backend: B
             async with lock_user(backend.engine, a.id) as holder:
                 response = await ends_within(send(api.client, a, b), "transfer behind a lock", 30)
                 assert response.status_code == 503, response.text
-                assert response.headers.get("retry-after"), response.headers
+                assert response.headers.get("retry-after") == "1", response.headers
                 assert isinstance(response.json()["detail"], str)
                 # The pool's only connection came back: a read answers.
                 other = await ends_within(api.client.get(f"/users/{b.id}"), "a read")

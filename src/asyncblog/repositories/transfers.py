@@ -158,25 +158,43 @@ async def transfer_once(
         "key": key,
         "fingerprint": fingerprint,
     }
-    async with link.transaction():
-        locked = {row[0]: row for row in await link.rows(_LOCK, **params)}
-        if key is not None:
-            found = await link.row(_PRIOR, **params)
-            if found is not None:
-                return Outcome(True, True, found[0], _render(found[1:]), None)
-        sender, recipient = locked.get(sender_id), locked.get(to_id)
-        caller_ok = sender is not None and bool(sender[2]) and sender[3] == token_version
-        recipient_ok = recipient is not None and bool(recipient[2])
-        if not (caller_ok and recipient_ok) or sender is None or sender[1] < amount:
-            return Outcome(caller_ok, recipient_ok, None, None, None)
-        if link.dialect.name == "postgresql":
-            view = await link.value(_MOVE_AND_RECORD, **params)
-            return Outcome(True, True, None, None, view.encode() if view else None)
-        if await link.count(_MOVE, **params) != 2:
-            return Outcome(caller_ok, recipient_ok, None, None, None)
-        created = await link.row(_ENTRY, **params)
-        assert created is not None
-        return Outcome(True, True, None, None, _render(created))
+    try:
+        async with link.transaction():
+            return await _locked_transfer(link, params, token_version, amount)
+    except _NotBothMoved:
+        return Outcome(True, True, None, None, None)
+
+
+class _NotBothMoved(Exception):
+    """The move changed one balance, not both: the transaction must not commit. Under the locks
+    and the checks before it this cannot happen; if it ever did, a commit would create money."""
+
+
+async def _locked_transfer(
+    link: Writer, params: dict[str, Any], token_version: int, amount: Decimal
+) -> Outcome:
+    """Lock, check, move, record: the body of `transfer_once`'s transaction."""
+    sender_id, to_id, key = params["sender"], params["to"], params["key"]
+    locked = {row[0]: row for row in await link.rows(_LOCK, **params)}
+    if key is not None:
+        found = await link.row(_PRIOR, **params)
+        if found is not None:
+            return Outcome(True, True, found[0], _render(found[1:]), None)
+    sender, recipient = locked.get(sender_id), locked.get(to_id)
+    caller_ok = sender is not None and bool(sender[2]) and sender[3] == token_version
+    recipient_ok = recipient is not None and bool(recipient[2])
+    if not (caller_ok and recipient_ok) or sender is None or sender[1] < amount:
+        return Outcome(caller_ok, recipient_ok, None, None, None)
+    if link.dialect.name == "postgresql":
+        view = await link.value(_MOVE_AND_RECORD, **params)
+        if view is None:  # no ledger row: the move did not change both balances
+            raise _NotBothMoved
+        return Outcome(True, True, None, None, view.encode())
+    if await link.count(_MOVE, **params) != 2:
+        raise _NotBothMoved
+    created = await link.row(_ENTRY, **params)
+    assert created is not None
+    return Outcome(True, True, None, None, _render(created))
 
 
 async def prior(link: Reader, *, sender_id: int, key: str) -> tuple[str | None, bytes] | None:
