@@ -206,3 +206,81 @@ async def test_a_client_leaving_with_a_pipelined_request_in_flight_is_not_a_serv
         # uvloop it learns of the disconnect only for the queued request, not the one in flight
         # (MagicStack/uvloop#506, Kludex/uvicorn#1251). That line is upstream's, not ours.
         assert "client went away before the response" in output, output[-3000:]
+
+
+async def app_in_a_lock_wait(db: PgDatabase, n: int = 1) -> list[dict[str, object]]:
+    """The app's connections now waiting for a row lock: inside their transactions."""
+    for _ in range(300):
+        waiting = [c for c in await db.app_connections() if c["wait_event_type"] == "Lock"]
+        if len(waiting) >= n:
+            return waiting
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no request of the app waits for the lock: {await db.app_connections()}")
+
+
+async def test_a_client_that_leaves_while_its_request_is_inside_a_transaction(
+    pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    """Deterministic counterpart of the storm: a transfer and an admin's bulk deletion (the ORM
+    path) are each seen waiting for a row lock inside their transactions when their clients
+    reset the connection. Each completes or rolls back as a whole; no connection of the app is
+    left in a transaction; the session is closed; the same server serves on."""
+    async with serving(pg_database.url, tmp_path, **POOL) as server:
+        async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+            admin, (a, b, gone) = await members(client, pg_database.engine, 3)
+            emptied = await client.post(  # `gone` can be deleted: its balance back to zero
+                "/transfers", json={"to_user_id": a.id, "amount": "100.00"}, headers=gone.headers
+            )
+            assert emptied.status_code == 201, emptied.text
+        transfer = raw_request(
+            server.port,
+            "POST",
+            "/transfers",
+            a.headers | {"Content-Type": "application/json"},
+            orjson.dumps({"to_user_id": b.id, "amount": "3.00"}),
+        )
+        bulk = raw_request(
+            server.port,
+            "DELETE",
+            "/users/bulk",
+            admin | {"Content-Type": "application/json"},
+            orjson.dumps({"ids": [gone.id]}),
+        )
+        holder = await asyncpg.connect(pg_database.cluster.dsn(pg_database.name))
+        try:
+            await holder.execute("BEGIN")
+            await holder.execute(
+                "SELECT id FROM users WHERE id = ANY($1::int[]) FOR UPDATE", [a.id, gone.id]
+            )
+            clients = []
+            for request in (transfer, bulk):
+                _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(request)
+                await writer.drain()
+                clients.append(writer)
+            waiting = await app_in_a_lock_wait(pg_database, 2)
+            assert all(c["state"] == "active" for c in waiting), waiting
+            for writer in clients:  # both requests are inside their transactions: reset
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.close()
+        finally:
+            await holder.close()  # the locks go: the two requests go on without their clients
+
+        connections = await pg_database.app_connections()
+        for _ in range(150):
+            if all(c["state"] == "idle" for c in connections):
+                break
+            await asyncio.sleep(0.1)
+            connections = await pg_database.app_connections()
+        assert all(c["state"] == "idle" for c in connections), connections
+        book = await assert_invariants(pg_database.engine)
+        # the emptying transfer, and the one whose client left: whole (2) or absent (1)
+        assert len(book.transfer_ids) in (1, 2)
+        async with httpx.AsyncClient(base_url=server.base, timeout=10) as client:
+            listed = await client.get(f"/users/{gone.id}")
+            assert listed.status_code in (200, 404), listed.text
+            moved = await ends_within(send(client, a, b, "1.00"), "a transfer afterwards")
+            assert moved.status_code == 201, moved.text
+        output = server.output()
+        assert "unhandled error" not in output, output[-3000:]

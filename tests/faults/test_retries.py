@@ -232,3 +232,40 @@ async def test_a_deadlocked_transfer_is_retried_on_mariadb(mariadb_url: URL) -> 
         assert len(book.transfer_ids) == 1
     finally:
         await engine.dispose()
+
+
+async def test_a_serialization_failure_elsewhere_is_one_503_not_retried(
+    pg_database: PgDatabase,
+) -> None:
+    """Only a transfer runs again: another write that meets a serialization failure (a PATCH
+    under REPEATABLE READ whose row changed while it waited) is answered 503 with Retry-After
+    at once, and its change is not made."""
+    await pg_database.set_default("default_transaction_isolation", "repeatable read")
+    async with in_process_app(settings_for(pg_database.url)) as api:
+        _, (user,) = await members(api.client, pg_database.engine, 1)
+        before = retried(), counted("asyncblog_db_errors_total", kind="busy")
+        holder = await asyncpg.connect(pg_database.cluster.dsn(pg_database.name))
+        try:
+            await holder.execute("BEGIN")
+            await holder.execute("UPDATE users SET balance = balance + 5 WHERE id = $1", user.id)
+            sent = asyncio.create_task(
+                api.client.patch(
+                    f"/users/{user.id}",
+                    json={"username": "renamed_meanwhile"},
+                    headers=user.headers,
+                )
+            )
+            await app_waits_for_a_lock(pg_database)
+            await holder.execute("COMMIT")
+        finally:
+            await holder.close()
+        response: httpx.Response = await asyncio.wait_for(sent, 30)
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "1"
+        assert response.json() == {
+            "detail": "The database was too busy to complete the request; retry"
+        }
+        busy = counted("asyncblog_db_errors_total", kind="busy")
+        assert (retried() - before[0], busy - before[1]) == (0, 1)
+        shown = await api.client.get(f"/users/{user.id}")
+        assert shown.json()["username"] == user.username  # the PATCH changed nothing
