@@ -1,113 +1,24 @@
 """Money over HTTP: deposits, transfers, the ledger, Idempotency-Key, and the invariants.
 
-The ledger invariants (API.md, "Invariants") are checked with SQL by `assert_ledger_invariants`,
-which the service-level tests import too.
+The ledger invariants (API.md, "Invariants") are checked with SQL by
+`tests.fixtures.ledger.assert_ledger_invariants`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from asyncblog.api.state import AppState
-from asyncblog.models import Transfer, User
+from asyncblog.models import User
 from tests.fixtures.app import Api
+from tests.fixtures.ledger import ZERO, assert_ledger_invariants
 
 MONEY_KEYS = {"id", "from_user_id", "to_user_id", "amount", "created_at"}
-ZERO = Decimal("0.00")
-
-
-# --------------------------------------------------------------------------- ledger invariants
-
-
-@dataclass(frozen=True)
-class LedgerRow:
-    """One user's balance next to what the ledger says about it."""
-
-    user_id: int
-    balance: Decimal
-    deposits: Decimal
-    received: Decimal
-    sent: Decimal
-
-    @property
-    def expected(self) -> Decimal:
-        return self.deposits + self.received - self.sent
-
-
-@dataclass(frozen=True)
-class LedgerReport:
-    rows: dict[int, LedgerRow]
-    total_balances: Decimal
-    total_deposits: Decimal
-    transfer_rows: int  # ledger rows between two users (not deposits)
-
-
-def _sum_amounts(*where: Any) -> Any:
-    return select(func.coalesce(func.sum(Transfer.amount), ZERO)).where(*where).scalar_subquery()
-
-
-async def ledger_rows(session: AsyncSession) -> dict[int, LedgerRow]:
-    """Every user's balance with its ledger sums, in ONE statement (so one consistent snapshot
-    even while other transactions commit)."""
-    deposits = _sum_amounts(Transfer.to_user_id == User.id, Transfer.from_user_id.is_(None))
-    received = _sum_amounts(Transfer.to_user_id == User.id, Transfer.from_user_id.is_not(None))
-    sent = _sum_amounts(Transfer.from_user_id == User.id)
-    result = await session.execute(
-        select(User.id, User.balance, deposits, received, sent).order_by(User.id)
-    )
-    return {
-        r[0]: LedgerRow(r[0], Decimal(r[1]), Decimal(r[2]), Decimal(r[3]), Decimal(r[4]))
-        for r in result
-    }
-
-
-def ledger_mismatches(rows: dict[int, LedgerRow]) -> dict[int, tuple[Decimal, Decimal]]:
-    """Users whose balance is negative or differs from deposits + received - sent."""
-    return {
-        r.user_id: (r.balance, r.expected)
-        for r in rows.values()
-        if r.balance < 0 or r.balance != r.expected
-    }
-
-
-async def ledger_report(state: AppState) -> LedgerReport:
-    """The per-user rows and the global sums, computed in SQL through the app's sessions."""
-    async with state.db.session() as session:
-        rows = await ledger_rows(session)
-        total_balances = await session.scalar(select(func.coalesce(func.sum(User.balance), ZERO)))
-        total_deposits = await session.scalar(
-            select(func.coalesce(func.sum(Transfer.amount), ZERO)).where(
-                Transfer.from_user_id.is_(None)
-            )
-        )
-        transfer_rows = await session.scalar(
-            select(func.count()).select_from(Transfer).where(Transfer.from_user_id.is_not(None))
-        )
-    return LedgerReport(
-        rows=rows,
-        total_balances=Decimal(total_balances),
-        total_deposits=Decimal(total_deposits),
-        transfer_rows=int(transfer_rows or 0),
-    )
-
-
-async def assert_ledger_invariants(state: AppState) -> LedgerReport:
-    """No negative balance; sum of balances == sum of deposits; each balance == its ledger."""
-    report = await ledger_report(state)
-    negative = {r.user_id: r.balance for r in report.rows.values() if r.balance < 0}
-    assert not negative, f"negative balances: {negative}"
-    assert report.total_balances == report.total_deposits, report
-    mismatched = ledger_mismatches(report.rows)
-    assert not mismatched, f"balance != deposits + received - sent: {mismatched}"
-    return report
 
 
 # --------------------------------------------------------------------------- helpers

@@ -112,7 +112,7 @@ async def test_network_cut_is_503_and_the_same_app_serves_again(
 
     book = await assert_invariants(pg_database.engine)
     assert len(book.transfer_ids) == 1, "only the transfer made after recovery moved money"
-    assert book.rows[a.id][0] == book.rows[b.id][0] - 2  # 99.00 and 101.00
+    assert book.rows[a.id].balance == book.rows[b.id].balance - 2  # 99.00 and 101.00
 
 
 async def test_blackholed_database_is_503_not_a_hang(

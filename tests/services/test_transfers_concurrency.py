@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -24,81 +22,17 @@ from asyncblog.api.state import AppState
 from asyncblog.models import Transfer, User
 from asyncblog.schemas import TransferCreate
 from asyncblog.services.transfers import fingerprint
-from tests.api.test_money import assert_ledger_invariants, ledger_mismatches, ledger_rows
 from tests.fixtures.app import Api
 from tests.fixtures.databases import Backend
+from tests.fixtures.faults import Member, bounded, transfer_call, unexpected
+from tests.fixtures.faults import funded as members
+from tests.fixtures.ledger import assert_ledger_invariants, watching_invariants
 from tests.fixtures.metrics import counted
 
 pytestmark = pytest.mark.concurrency
 
 SEED = 20240611
-CONCURRENCY = 30
 INSUFFICIENT = {"detail": "Insufficient balance"}
-
-
-@dataclass(frozen=True)
-class Member:
-    id: int
-    headers: dict[str, str]
-
-
-async def members(api: Api, n: int, funds: str) -> tuple[dict[str, str], list[Member]]:
-    """An admin and `n` users, each logged in once and deposited `funds`."""
-    _, admin = await api.admin()
-    out = []
-    for _ in range(n):
-        user, headers = await api.user()
-        await api.deposit(admin, user["id"], funds)
-        out.append(Member(user["id"], headers))
-    return admin, out
-
-
-async def bounded(calls: list[Callable[[], Awaitable[httpx.Response]]]) -> list[httpx.Response]:
-    """Run the calls concurrently, at most CONCURRENCY at a time, answers in call order."""
-    gate = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(call: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-        async with gate:
-            return await call()
-
-    return list(await asyncio.gather(*(one(call) for call in calls)))
-
-
-@asynccontextmanager
-async def watching_invariants(state: AppState) -> AsyncIterator[list[int]]:
-    """While the block runs, keep reading one-statement snapshots of the ledger and fail if any
-    shows a negative balance or a balance that disagrees with the ledger ("at every moment")."""
-    snapshots: list[int] = []
-    done = asyncio.Event()
-
-    async def watch() -> None:
-        while True:
-            async with state.db.session() as session:
-                rows = await ledger_rows(session)
-            assert ledger_mismatches(rows) == {}, f"snapshot {len(snapshots)}"
-            snapshots.append(len(rows))
-            if done.is_set():
-                return
-            await asyncio.sleep(0.01)
-
-    watcher = asyncio.create_task(watch())
-    try:
-        yield snapshots
-    finally:
-        done.set()
-        await watcher
-
-
-def transfer_call(
-    api: Api, sender: Member, to: Member, amount: Decimal, key: str | None = None
-) -> Callable[[], Awaitable[httpx.Response]]:
-    headers = sender.headers | ({"Idempotency-Key": key} if key is not None else {})
-    body = {"to_user_id": to.id, "amount": str(amount)}
-    return lambda: api.client.post("/transfers", json=body, headers=headers)
-
-
-def unexpected(responses: list[httpx.Response], allowed: set[int]) -> list[tuple[int, str]]:
-    return [(r.status_code, r.text) for r in responses if r.status_code not in allowed]
 
 
 async def test_random_concurrent_transfers_keep_every_invariant(live_api: Api) -> None:

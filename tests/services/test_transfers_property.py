@@ -26,7 +26,7 @@ from asyncblog.repositories import UserRepository
 from asyncblog.schemas import TransferCreate
 from asyncblog.security import AccessClaims
 from asyncblog.services.transfers import TransferService
-from tests.api.test_money import assert_ledger_invariants
+from tests.fixtures.ledger import assert_ledger_invariants
 
 USERS = 4
 HASH = "not-a-real-hash"

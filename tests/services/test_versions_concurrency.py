@@ -15,10 +15,11 @@ from decimal import Decimal
 
 import pytest
 
-from tests.api.test_money import assert_ledger_invariants
 from tests.fixtures.app import Api
 from tests.fixtures.contract import CHANGED
-from tests.services.test_transfers_concurrency import Member, members, transfer_call
+from tests.fixtures.faults import Member, transfer_call
+from tests.fixtures.faults import funded as members
+from tests.fixtures.ledger import assert_ledger_invariants
 
 pytestmark = pytest.mark.concurrency
 
@@ -90,7 +91,7 @@ async def test_a_deletion_racing_payments_never_loses_them(live_api: Api) -> Non
     outcomes: Counter[int] = Counter()
     for r in range(ROUNDS * 2):
         payee, payee_headers = await live_api.user()
-        target = Member(payee["id"], payee_headers)
+        target = Member(payee["id"], payee["username"], payee_headers)
         deletion = live_api.client.delete(f"/users/{payee['id']}", headers=payee_headers)
         payments = [transfer_call(live_api, payer, target, Decimal("0.50"))() for _ in range(3)]
         deleted, *paid = await asyncio.gather(deletion, *payments)
