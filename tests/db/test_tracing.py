@@ -241,3 +241,94 @@ async def test_the_transfer_locks_both_rows_in_id_order_for_the_update_only(
         assert str((sent[0].attributes or {})["db.query.text"]) == "BEGIN IMMEDIATE"
     else:
         assert lock.rstrip().endswith(expected), lock
+
+
+ORM = "opentelemetry.instrumentation.sqlalchemy"
+
+
+def by_scope(spans: list[ReadableSpan], scope: str) -> list[ReadableSpan]:
+    return [
+        s
+        for s in spans
+        if s.instrumentation_scope is not None and s.instrumentation_scope.name == scope
+    ]
+
+
+def orm_statements(finished: tuple[ReadableSpan, ...]) -> list[tuple[str, str]]:
+    """The ORM's statements under the one `/users/bulk` request, as (first keyword, text): a
+    span's name is its keyword (on SQLite followed by the database's path); `connect` spans are
+    checkouts, not statements."""
+    under = by_scope(descendants(finished, request_span(finished, "/users/bulk")), ORM)
+    return [
+        (s.name.split()[0], str((s.attributes or {}).get("db.statement", "")))
+        for s in under
+        if s.name != "connect"
+    ]
+
+
+def bulk_statements(backend: Backend, rows: int) -> dict[str, list[str]]:
+    """What each bulk route sends through its ORM session, for `rows` rows (see the test)."""
+    # SQLAlchemy begins SQLite's transactions with a statement (`BEGIN IMMEDIATE`, the engine's
+    # "begin" hook), the other drivers implicitly; COMMIT is the driver's commit(), no span.
+    begin = ["BEGIN"] if backend.name == "sqlite" else []
+    # No RETURNING order SQLAlchemy can rely on without a sentinel column on SQLite: with
+    # `sort_by_parameter_order` it sends one INSERT per row there.
+    inserts = ["INSERT"] * (rows if backend.name == "sqlite" else 1)
+    return {
+        "POST": [*begin, "SELECT", *begin, "SAVEPOINT", *inserts, "RELEASE"],
+        "PATCH": [*begin, "UPDATE"],
+        "DELETE": [*begin, "SELECT", "DELETE"],
+    }
+
+
+async def test_the_bulk_routes_write_with_one_statement_each_but_on_sqlite(
+    backend: Backend, traced_api: Api, spans: InMemorySpanExporter
+) -> None:
+    """Each bulk route checks the admin's token on the data path (one SELECT, bracketed on
+    MariaDB), then, on its ORM session:
+
+    - POST: one SELECT for the conflicts (committed before hashing), then the rows in a
+      savepoint: one INSERT ... RETURNING for all of them on PostgreSQL and MariaDB, but one
+      INSERT per row on SQLite (the README's "one statement" does not hold there);
+    - PATCH: one UPDATE ... WHERE id IN;
+    - DELETE: one SELECT locking the named rows in id order (FOR UPDATE; SQLite: BEGIN
+      IMMEDIATE took the write lock), then one DELETE ... WHERE id IN of those without money.
+    """
+    api = traced_api
+    _, admin = await api.admin()
+    rich = await api.register()
+    await api.deposit(admin, rich["id"], "1.00")
+    rows = 3
+    users = [
+        {"username": f"bulk{i}", "email": f"bulk{i}@example.com", "password": "password123"}
+        for i in range(rows)
+    ]
+    sent: dict[str, list[tuple[str, str]]] = {}
+
+    async def bulk(method: str, body: dict[str, Any], status: int = 200) -> Any:
+        """One request; its ORM statements go to `sent`."""
+        spans.clear()
+        response = await api.client.request(method, "/users/bulk", json=body, headers=admin)
+        assert response.status_code == status, response.text
+        finished = spans.get_finished_spans()
+        assert operations(finished, "/users/bulk") == alone(backend, "SELECT"), method
+        sent[method] = orm_statements(finished)
+        return response.json()
+
+    created = await bulk("POST", {"users": users}, 201)
+    ids = [u["id"] for u in created["created"]]
+    updated = await bulk("PATCH", {"ids": ids, "values": {"is_active": False}})
+    deleted = await bulk("DELETE", {"ids": [*ids, rich["id"]]})
+
+    assert len(ids) == rows
+    assert updated == {"updated": rows}
+    assert deleted == {"deleted": rows, "refused": [rich["id"]]}
+    operations_sent = {method: [op for op, _ in found] for method, found in sent.items()}
+    assert operations_sent == bulk_statements(backend, rows)
+    (update,) = [sql for op, sql in sent["PATCH"] if op == "UPDATE"]
+    (delete,) = [sql for op, sql in sent["DELETE"] if op == "DELETE"]
+    assert "WHERE users.id IN" in update
+    assert "WHERE users.id IN" in delete
+    (lock,) = [sql for op, sql in sent["DELETE"] if op == "SELECT"]
+    assert "ORDER BY users.id" in lock
+    assert lock.rstrip().endswith("FOR UPDATE") is (backend.name != "sqlite"), lock

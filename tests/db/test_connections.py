@@ -1,0 +1,233 @@
+"""What each backend's connections are set up to do, asked of the servers through the data path
+(`Database.reader()` / `writer()` on an engine built as the app builds it):
+
+- SQLite runs in WAL mode, and its writers have a lane of their own (one slot, one more pooled
+  connection): a writer gets in while readers hold every reader slot.
+- PostgreSQL reads in autocommit mode (no BEGIN, no COMMIT); MariaDB's connections use UTC and
+  READ COMMITTED, and its reads are bracketed by BEGIN and COMMIT.
+
+Every test runs on the three backends and states what each one must show: a check that does not
+apply to a backend asserts that backend's own behaviour instead of passing by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, literal_column, select, text
+from sqlalchemy.engine import URL, make_url
+
+from asyncblog.config import Settings
+from asyncblog.db.database import Database
+from asyncblog.db.statements import Statement
+from tests.fixtures.databases import Backend, settings_for
+
+# The writers' lane test: a small pool and a short POOL_TIMEOUT, so that a writer stuck behind
+# the readers fails (503 after POOL_TIMEOUT) instead of hanging; SLACK is what a bound on a wait
+# allows beyond POOL_TIMEOUT.
+POOL = 3
+POOL_TIMEOUT = 2.0
+SLACK = 5.0
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    """A Database with its own engine and pool, as the app builds it; disposed of at the end."""
+    db = Database.from_settings(settings)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Let the other tasks run until `condition` holds (they only need to reach a queue: no I/O
+    is involved, so a bounded number of loop turns is enough)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
+
+
+# ---------------------------------------------------------------------------- session settings
+
+# What the app's connections are set to, per backend: (the statement asking, what it answers).
+# SQLite: the WAL journal. PostgreSQL: UTC. MariaDB: UTC and READ COMMITTED (the server's own
+# defaults here are SYSTEM and REPEATABLE-READ; MariaDB 10.11 spells the isolation
+# `@@tx_isolation`, `@@transaction_isolation` exists from 11.1 on).
+SETTINGS: dict[str, tuple[Statement, tuple[Any, ...]]] = {
+    "sqlite": (Statement(lambda: text("PRAGMA journal_mode")), ("wal",)),
+    "postgresql": (
+        Statement(lambda: select(literal_column("current_setting('TimeZone')"))),
+        ("UTC",),
+    ),
+    "mariadb": (
+        Statement(
+            lambda: select(
+                literal_column("@@session.time_zone"), literal_column("@@session.tx_isolation")
+            )
+        ),
+        ("+00:00", "READ-COMMITTED"),
+    ),
+}
+
+
+def fresh_url(backend: Backend, tmp_path: Path) -> URL:
+    """The backend's database; for SQLite a new file, as WAL, once set, stays with the file:
+    only a new one shows what this engine's connections do."""
+    if backend.name == "sqlite":
+        return make_url(f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}")
+    return backend.url
+
+
+async def test_app_connections_have_each_backends_settings(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """SQLite's journal is WAL (readers and the writer do not block each other); MariaDB's
+    sessions are UTC and READ COMMITTED; PostgreSQL's are UTC."""
+    statement, expected = SETTINGS[backend.name]
+    settings = settings_for(fresh_url(backend, tmp_path))
+    async with database(settings) as db, db.reader() as link:
+        answer = await link.row(statement)
+    assert answer is not None
+    assert tuple(str(value) for value in answer) == expected
+
+
+# ---------------------------------------------------------------------------- reads
+
+# How a read on its own runs, per backend: PostgreSQL and SQLite in autocommit (no BEGIN, no
+# COMMIT: one round trip); MariaDB's connections (autocommit off) would begin a transaction
+# with any statement, so the data path brackets the read with BEGIN and COMMIT.
+READS = {"postgresql": "autocommit", "sqlite": "autocommit", "mariadb": "BEGIN ... COMMIT"}
+
+BACKEND_PID = Statement(lambda: select(func.pg_backend_pid()))
+IN_TRANSACTION = Statement(lambda: select(literal_column("@@in_transaction")))
+ONE = Statement(lambda: select(literal_column("1")))
+
+
+async def how_a_read_runs(backend: Backend, db: Database) -> tuple[str, str]:
+    """("autocommit" or "BEGIN ... COMMIT", what the server showed), from the server itself:
+
+    - PostgreSQL: after the unit, its backend in `pg_stat_activity` (asked on another
+      connection). `idle` with the read as its last statement means that no COMMIT or ROLLBACK
+      followed the read and that no transaction is open: the read was in none. (A timestamp
+      check cannot tell: over the extended protocol `now()` is the Bind's time and
+      `statement_timestamp()` the Execute's, even in autocommit.)
+    - MariaDB: `@@in_transaction` during the read (a statement reading no table opens no
+      transaction by itself: 1 only if the data path sent BEGIN).
+    - SQLite: the statements SQLite itself ran for the unit (its trace callback).
+    """
+    dialect = db.engine.dialect
+    if backend.name == "postgresql":
+        async with db.reader() as link:
+            pid = await link.value(BACKEND_PID)
+        async with db.engine.connect() as other:
+            state, query = (
+                await other.execute(
+                    text("SELECT state, query FROM pg_stat_activity WHERE pid = :pid"),
+                    {"pid": pid},
+                )
+            ).one()
+        shown = f"state {state!r}, last statement {query!r}"
+        sql = BACKEND_PID.compiled(dialect).sql
+        return ("autocommit" if (state, query) == ("idle", sql) else "BEGIN ... COMMIT"), shown
+    if backend.name == "mariadb":
+        async with db.reader() as link:
+            inside = await link.value(IN_TRANSACTION)
+        return ("BEGIN ... COMMIT" if int(inside) else "autocommit"), f"@@in_transaction={inside}"
+    ran: list[str] = []
+    async with db.reader() as link:
+        await link.connection.set_trace_callback(ran.append)
+        try:
+            await link.value(ONE)
+        finally:
+            await link.connection.set_trace_callback(None)
+    sql = ONE.compiled(dialect).sql
+    return ("autocommit" if ran == [sql] else "BEGIN ... COMMIT"), f"SQLite ran {ran}"
+
+
+async def test_a_read_runs_in_autocommit_but_on_mariadb(backend: Backend) -> None:
+    """A unit of work that reads sends no BEGIN or COMMIT on PostgreSQL (its reads are in
+    autocommit mode) nor on SQLite; on MariaDB it is bracketed by them."""
+    async with database(settings_for(backend.url)) as db:
+        await how_a_read_runs(backend, db)  # the prepared statement and the connection exist
+        observed, shown = await how_a_read_runs(backend, db)
+    assert observed == READS[backend.name], shown
+
+
+# ---------------------------------------------------------------------------- writers' lane
+
+# Whether a writer passes readers that hold every reader slot: on SQLite it has a lane of its
+# own (one slot and one more pooled connection); elsewhere readers and writers share one gate
+# and the writer queues in arrival order.
+WRITER_HAS_A_LANE = {"sqlite": True, "postgresql": False, "mariadb": False}
+
+
+async def test_sqlite_writers_have_a_lane_of_their_own(backend: Backend) -> None:
+    """POOL readers take every reader slot and hold their connections (no overflow allowed);
+    one more reader queues. On SQLite a writer then gets in and writes while they all still
+    hold (with a shared gate it would wait for them and fail after POOL_TIMEOUT: the readers
+    let go only once the writer is done). On PostgreSQL and MariaDB it queues behind the
+    waiting reader and gets in once the readers let go."""
+    settings = settings_for(
+        backend.url, pool_size=POOL, pool_max_overflow=0, pool_timeout=POOL_TIMEOUT
+    )
+    lane = WRITER_HAS_A_LANE[backend.name]
+    async with database(settings) as db:
+        release = asyncio.Event()
+        all_in = asyncio.Event()
+        holding = 0
+
+        async def read_and_hold() -> None:
+            nonlocal holding
+            async with db.reader() as link:
+                await link.value(ONE)
+                holding += 1
+                if holding == POOL:
+                    all_in.set()
+                await release.wait()
+
+        readers = [asyncio.create_task(read_and_hold()) for _ in range(POOL)]
+
+        async def write() -> tuple[int, int, bool]:
+            async with db.writer() as link, link.transaction():
+                await link.value(ONE)
+                _slots, in_use, waiting = db.admission.usage()
+                return in_use, waiting, not any(r.done() for r in readers)
+
+        tasks: list[asyncio.Task[Any]] = list(readers)
+        try:
+            try:
+                await asyncio.wait_for(all_in.wait(), POOL_TIMEOUT + SLACK)
+            except TimeoutError:
+                failed = [r.exception() for r in readers if r.done()]
+                raise AssertionError(f"not all {POOL} readers got in: {failed}") from None
+            readers.append(asyncio.create_task(read_and_hold()))  # every reader slot is taken
+            tasks.append(readers[-1])
+            await until(lambda: db.admission.usage()[2] == 1, "the extra reader queues")
+            writer = asyncio.create_task(write())
+            tasks.append(writer)
+            if lane:
+                in_use, waiting, readers_hold = await asyncio.wait_for(writer, POOL_TIMEOUT + SLACK)
+                # inside: every reader slot and the writers' lane in use, the extra reader
+                # still queued, and none of the readers gone
+                assert (in_use, waiting, readers_hold) == (POOL + 1, 1, True)
+            else:
+                await until(lambda: db.admission.usage()[2] == 2, "the writer queues too")
+                assert not writer.done()
+                assert db.admission.usage()[:2] == (POOL, POOL)
+                release.set()
+                _in_use, waiting, _readers_hold = await asyncio.wait_for(
+                    writer, POOL_TIMEOUT + SLACK
+                )
+                assert waiting == 0  # it got in after the reader queued before it
+        finally:
+            release.set()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        assert failures == []
