@@ -36,7 +36,14 @@ $(CHROMIUM):
 	-command -v apt-get >/dev/null && (apt-get install -y --no-install-recommends chromium \
 		|| (apt-get update && apt-get install -y --no-install-recommends chromium))
 
-pytest: $(STAMP) | $(CHROMIUM)
+# The PgBouncer tests start Debian's pgbouncer (tests/fixtures/pgbouncer.py); without it they
+# are skipped with the reason, and fail under CI=true.
+PGBOUNCER ?= /usr/sbin/pgbouncer
+$(PGBOUNCER):
+	-command -v apt-get >/dev/null && (apt-get install -y --no-install-recommends pgbouncer \
+		|| (apt-get update && apt-get install -y --no-install-recommends pgbouncer))
+
+pytest: $(STAMP) | $(CHROMIUM) $(PGBOUNCER)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.databases",
     "tests.fixtures.app",
     "tests.fixtures.cluster",
+    "tests.fixtures.pgbouncer",
     "tests.fixtures.proxy",
     "tests.fixtures.servers",
     "tests.fixtures.faults",

@@ -509,3 +509,22 @@ def test_serve_at_a_terminal_prints_readable_lines_and_where_to_go(
     startup = next(line for line in text.splitlines() if "Application startup complete" in line)
     assert not startup.lstrip().startswith("{"), startup  # not a JSON line
     assert " INFO " in startup, startup
+
+
+@pytest.mark.parametrize("backend_name", ["postgresql", "mariadb"])
+async def test_serve_refuses_more_workers_than_the_database_can_connect(
+    tmp_path: Path, backend_name: str
+) -> None:
+    """N workers x (POOL_SIZE + POOL_MAX_OVERFLOW) above the server's max_connections: one line,
+    exit 2, before any worker starts."""
+    url: URL = await new_database(backend_name, tmp_path)
+    try:
+        env = cli_env(url.render_as_string(hide_password=False), WEB_CONCURRENCY="1000")
+        result = await asyncio.to_thread(run_cli, "serve", "--no-migrate", env=env, cwd=tmp_path)
+        assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr}"
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, result.stderr
+        assert "1000 workers x 15 connections" in lines[0]
+        assert "max_connections" in lines[0]
+    finally:
+        await drop_database(backend_name, url)

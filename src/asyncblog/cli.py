@@ -95,6 +95,7 @@ def serve(
     with _metrics_for(settings, host, workers):  # first: before prometheus-client is imported
         if migrate if migrate is not None else settings.dialect == "sqlite":
             _migrate(settings)
+        _check_connection_budget(settings, workers)
         try:
             settings.resolved_secret_key()  # create the key file once, before the workers start
         except (OSError, ValueError) as exc:
@@ -110,6 +111,35 @@ def serve(
                     "FIRST_ADMIN_PASSWORD"
                 )
         _serve(host, port, workers)
+
+
+def _check_connection_budget(settings: Settings, workers: int) -> None:
+    """Refuse to start workers whose pools together could open more connections than the
+    database server allows: under load the last ones would be refused, as 503s. An unreachable
+    database is not a reason to refuse (the service answers 503 until it is back)."""
+    from asyncblog.db.engine import connection_limit
+    from asyncblog.db.errors import DATABASE_ERRORS
+
+    try:
+        found = asyncio.run(connection_limit(settings))
+    except DATABASE_ERRORS as exc:  # the service starts anyway and answers 503 until it is back
+        err.print(
+            f"asyncblog: could not read max_connections ({_one_line(exc)}); not checked",
+            markup=False,
+            highlight=False,
+        )
+        return
+    if found is None:
+        return
+    allowed, how = found
+    per_worker = settings.pool_size + settings.pool_max_overflow
+    if workers * per_worker > allowed:
+        _fail(
+            f"{workers} workers x {per_worker} connections (POOL_SIZE {settings.pool_size} + "
+            f"POOL_MAX_OVERFLOW {settings.pool_max_overflow}) = {workers * per_worker}, more "
+            f"than the database allows ({allowed}: {how}); lower them, or put PgBouncer in "
+            "front (PGBOUNCER=true)"
+        )
 
 
 def _serve(host: str, port: int, workers: int) -> None:

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     # A statement running longer is cancelled by the database (503 for the client); 0: no limit.
     statement_timeout_ms: int = Field(default=5000, ge=0)
     db_connect_timeout: float = Field(default=2.0, gt=0, le=120)
+    # DATABASE_URL points at PgBouncer in transaction mode: nothing session-level is sent (no
+    # statement_timeout at connect time: the client bounds statements instead), and no
+    # prepared statement outlives its transaction (db.engine.driver_connect_args).
+    pgbouncer: bool = False
     readiness_timeout: float = Field(default=1.0, gt=0, le=60)
 
     # 1 MiB holds the longest post (100,000 characters) in UTF-8, and with JSON's \uXXXX

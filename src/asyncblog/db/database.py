@@ -281,8 +281,10 @@ class Database:
         reader = writer = engine
         if self.dialect == "sqlite":
             writer = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-        elif self.dialect == "postgresql":
-            # asyncpg applies this on the client side: no statement, no round trip.
+        elif self.dialect == "postgresql" and not (settings and settings.pgbouncer):
+            # asyncpg applies this on the client side: no statement, no round trip. (Not behind
+            # PgBouncer: the ORM prepares a statement, then runs it; outside a transaction the
+            # two may reach different server connections.)
             reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.session = async_sessionmaker(reader, expire_on_commit=False, autoflush=False)
         self.write_session = async_sessionmaker(writer, expire_on_commit=False, autoflush=False)

@@ -5,7 +5,8 @@
   of work takes the write lock up front with ``BEGIN IMMEDIATE``.
 - PostgreSQL (asyncpg): pooled connections pinged before use when they were idle (see
   `_ping_idle_connections`), an application name, UTC, a statement timeout (server side, and a
-  client-side bound for a hung network).
+  client-side bound for a hung network); behind PgBouncer in transaction mode (PGBOUNCER=true)
+  nothing session-level and no prepared statement kept (`_pgbouncer_connect_args`).
 - MariaDB/MySQL (aiomysql): ``pool_recycle`` (the server closes idle ones), utf8mb4, UTC,
   READ COMMITTED, statement and lock-wait timeouts.
 
@@ -18,13 +19,15 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from asyncblog.config import Settings, dialect_of
 
@@ -65,6 +68,8 @@ def driver_connect_args(settings: Settings, url: URL) -> dict[str, Any]:
     dialect = dialect_of(url)
     timeout_ms = settings.statement_timeout_ms
     if dialect == "postgresql":
+        if settings.pgbouncer:
+            return _pgbouncer_connect_args(settings)
         server_settings = {"application_name": "asyncblog", "timezone": "UTC"}
         if timeout_ms:
             # statement_timeout also bounds waiting for a row lock held by someone else.
@@ -134,6 +139,60 @@ def in_transaction(driver_connection: Any) -> bool:
     if probe is not None:
         return bool(probe())
     return bool(getattr(driver_connection, "in_transaction", True))  # aiosqlite
+
+
+def _pgbouncer_connect_args(settings: Settings) -> dict[str, Any]:
+    """PostgreSQL behind PgBouncer in transaction mode, where consecutive transactions of one
+    connection may run on different server connections.
+
+    - Only the startup parameters PgBouncer tracks for each client (application_name, TimeZone)
+      are sent; it refuses the others ("unsupported startup parameter: statement_timeout"), and
+      a session-level SET would leak to other clients.
+    - The statement timeout is the client's: asyncpg cancels a statement that runs longer
+      (through PgBouncer) and the data path drops the connection (a 503, as the server's
+      timeout gives). `ALTER ROLE ... SET statement_timeout` adds the server's own bound.
+    - No prepared statement outlives its transaction: asyncpg's cache is off (each statement
+      is parsed again with its bind, in one message); SQLAlchemy's, for the ORM path, is off
+      too and names its statements uniquely (SQLAlchemy's documented recipe).
+    """
+    args: dict[str, Any] = {
+        "server_settings": {"application_name": "asyncblog", "timezone": "UTC"},
+        "timeout": settings.db_connect_timeout,
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _statement_name,
+    }
+    if settings.statement_timeout_ms:
+        args["command_timeout"] = settings.statement_timeout_ms / 1000
+    return args
+
+
+async def connection_limit(settings: Settings) -> tuple[int, str] | None:
+    """How many connections the database server lets clients like this one open (PostgreSQL:
+    max_connections less those reserved for superusers; MariaDB: max_connections), with how
+    that was read; None for SQLite and behind PgBouncer (which multiplexes its clients)."""
+    dialect = settings.dialect
+    if dialect == "sqlite" or settings.pgbouncer:
+        return None
+    engine = create_async_engine(settings.url, poolclass=NullPool, **_connect_only(settings))
+    try:
+        async with engine.connect() as conn:
+            if dialect == "postgresql":
+                total = int(await conn.scalar(text("SHOW max_connections")) or 0)
+                reserved = int(await conn.scalar(text("SHOW superuser_reserved_connections")) or 0)
+                return total - reserved, f"max_connections {total} - {reserved} reserved"
+            total = int(await conn.scalar(text("SELECT @@max_connections")) or 0)
+            return total, f"max_connections {total}"
+    finally:
+        await engine.dispose()
+
+
+def _connect_only(settings: Settings) -> dict[str, Any]:
+    return {"connect_args": driver_connect_args(settings, settings.url)}
+
+
+def _statement_name() -> str:
+    return f"__asyncblog_{uuid.uuid4().hex}__"
 
 
 def _reset_if_in_transaction(dbapi_connection: Any, _record: Any, state: Any) -> None:
