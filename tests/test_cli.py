@@ -528,3 +528,33 @@ async def test_serve_refuses_more_workers_than_the_database_can_connect(
         assert "max_connections" in lines[0]
     finally:
         await drop_database(backend_name, url)
+
+
+def test_behind_a_proxy_forwarded_addresses_count_only_from_a_trusted_peer(
+    server: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    """uvicorn takes the client's address from X-Forwarded-For only when the peer is trusted
+    (127.0.0.1 by default, FORWARDED_ALLOW_IPS): behind a local proxy, clients with different
+    forwarded addresses are throttled apart; from another peer the header is ignored, so
+    forged addresses do not escape the limit (LOGIN_MAX_FAILURES, 5, per username and address)."""
+    process, base = server
+    wait_until_up(process, base, tmp_path / "serve.log")
+    body = {"username": "proxied", "email": "proxied@example.com", "password": "password123"}
+    assert httpx.post(f"{base}/users", json=body, timeout=30).status_code == 201
+
+    def failed_login(forwarded: str, peer: str) -> int:
+        transport = httpx.HTTPTransport(local_address=peer)
+        with httpx.Client(transport=transport, timeout=30) as client:
+            response = client.post(
+                f"{base}/auth/token",
+                data={"username": "proxied", "password": "wrong-password"},
+                headers={"X-Forwarded-For": forwarded},
+            )
+            return response.status_code
+
+    trusted = [failed_login("203.0.113.1", "127.0.0.1") for _ in range(6)]
+    assert trusted == [401] * 5 + [429]
+    assert failed_login("203.0.113.2", "127.0.0.1") == 401  # another client behind the proxy
+    # 127.0.0.2 is not trusted: every forged address counts as 127.0.0.2
+    forged = [failed_login(f"198.51.100.{n}", "127.0.0.2") for n in range(6)]
+    assert forged == [401] * 5 + [429]

@@ -110,7 +110,7 @@ def serve(
                     "email and password), or set FIRST_ADMIN_USERNAME, FIRST_ADMIN_EMAIL and "
                     "FIRST_ADMIN_PASSWORD"
                 )
-        _serve(host, port, workers)
+        _serve(host, port, workers, settings.shutdown_timeout)
 
 
 def _check_connection_budget(settings: Settings, workers: int) -> None:
@@ -142,7 +142,7 @@ def _check_connection_budget(settings: Settings, workers: int) -> None:
         )
 
 
-def _serve(host: str, port: int, workers: int) -> None:
+def _serve(host: str, port: int, workers: int, shutdown_timeout: int) -> None:
     import uvicorn
 
     uvicorn.run(
@@ -155,7 +155,7 @@ def _serve(host: str, port: int, workers: int) -> None:
         http="httptools",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=20,
+        timeout_graceful_shutdown=shutdown_timeout,
     )
 
 

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # prepared statement outlives its transaction (db.engine.driver_connect_args).
     pgbouncer: bool = False
     readiness_timeout: float = Field(default=1.0, gt=0, le=60)
+    # SIGTERM: requests in flight get this long to finish before `serve` closes them.
+    shutdown_timeout: int = Field(default=20, ge=0, le=3600)  # seconds
 
     # 1 MiB holds the longest post (100,000 characters) in UTF-8, and with JSON's \uXXXX
     # escapes for characters of the BMP; 100,000 escaped emoji (1.2 MB) need a larger limit.

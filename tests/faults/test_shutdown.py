@@ -15,6 +15,7 @@ works); a disposed pool leaves none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from pathlib import Path
 
@@ -138,3 +139,42 @@ async def test_control_a_killed_server_leaves_its_pool_undisposed(
             break
         await asyncio.sleep(0.1)
     assert vanished_clients(pg_database, offset), "the detector saw nothing"
+
+
+async def test_requests_still_running_after_shutdown_timeout_are_cut_off(
+    pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    """SIGTERM with a transfer that cannot finish (a row lock held past SHUTDOWN_TIMEOUT): the
+    process exits at the timeout, not later, the transfer's transaction is rolled back (nothing
+    moved), and no connection of the app is left behind."""
+    grace = 2
+    settings = {**SERVER, "SHUTDOWN_TIMEOUT": str(grace)}
+    async with (
+        serving(pg_database.url, tmp_path, **settings) as server,
+        httpx.AsyncClient(base_url=server.base, timeout=60) as client,
+    ):
+        _, (a, b) = await members(client, pg_database.engine, 2)
+        holder = await asyncpg.connect(pg_database.cluster.dsn(pg_database.name))
+        try:
+            await holder.execute("BEGIN")
+            await holder.execute("SELECT id FROM users WHERE id = $1 FOR UPDATE", a.id)
+            stuck = asyncio.create_task(send(client, a, b))
+            await wait_for_lock_waiters(pg_database, 1)
+            started = asyncio.get_running_loop().time()
+            server.process.send_signal(signal.SIGTERM)
+            await server.exit_code(grace + 15)
+            took = asyncio.get_running_loop().time() - started
+            # the setting, plus 5 s of slack for the pool's disposal on a loaded machine
+            assert grace <= took < grace + 5, took
+            with contextlib.suppress(httpx.HTTPError):
+                answer = await stuck
+                assert answer.status_code >= 500, answer.text
+        finally:
+            await holder.close()
+    for _ in range(50):  # PostgreSQL notices the cut-off connection's end
+        if not await pg_database.app_connections():
+            break
+        await asyncio.sleep(0.1)
+    assert await pg_database.app_connections() == []
+    book = await assert_invariants(pg_database.engine)
+    assert len(book.transfer_ids) == 0, "the cut-off transfer moved money"

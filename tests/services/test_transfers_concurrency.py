@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select
 
 from asyncblog.api.state import AppState
 from asyncblog.models import Transfer, User
@@ -24,7 +24,13 @@ from asyncblog.schemas import TransferCreate
 from asyncblog.services.transfers import fingerprint
 from tests.fixtures.app import Api
 from tests.fixtures.databases import Backend
-from tests.fixtures.faults import Member, bounded, transfer_call, unexpected
+from tests.fixtures.faults import (
+    Member,
+    bounded,
+    transfer_call,
+    unexpected,
+    waits_for_another_transaction,
+)
 from tests.fixtures.faults import funded as members
 from tests.fixtures.ledger import assert_ledger_invariants, watching_invariants
 from tests.fixtures.metrics import counted
@@ -314,17 +320,6 @@ async def test_money_edits_and_deletions_at_once_keep_every_invariant(live_api: 
             assert versions[user.id] == 1 + moves.get(user.id, 0) + edits[user.id], user.id
 
 
-# MariaDB refreshes information_schema.innodb_trx only when it was not read for 100 ms: probing
-# faster would read the same stale list forever.
-PROBE_EVERY = 0.12
-# Where the app is seen waiting for the other connection's uncommitted ledger row.
-_WAITING = {
-    # the INSERT's unique check waits for the other transaction to end
-    "postgresql": "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
-    "mariadb": "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
-}
-
-
 async def test_a_key_inserted_between_the_check_and_the_insert_is_replayed(
     live_api: Api, backend: Backend
 ) -> None:
@@ -354,7 +349,7 @@ async def test_a_key_inserted_between_the_check_and_the_insert_is_replayed(
         )
         other_id = inserted.scalar_one()
         sent = asyncio.create_task(transfer_call(live_api, sender, recipient, amount, key)())
-        await app_waits_for(backend, live_api.state, sent)
+        await waits_for_another_transaction(backend, live_api.state, sent)
         await other.commit()
     response = await asyncio.wait_for(sent, 30)
 
@@ -365,25 +360,6 @@ async def test_a_key_inserted_between_the_check_and_the_insert_is_replayed(
     # The transfer's attempt moved nothing (the other row is bookkeeping only: no money moved).
     rows = await balances(live_api.state, sender.id, recipient.id)
     assert rows == [Decimal("100.00"), Decimal("100.00")]
-
-
-async def app_waits_for(
-    backend: Backend, state: AppState, sent: asyncio.Task[httpx.Response]
-) -> None:
-    """Until the transfer waits for the other transaction: on PostgreSQL and MariaDB, its INSERT
-    on the key's unique index; on SQLite, its BEGIN IMMEDIATE (its writer's slot is held)."""
-    for _ in range(40):  # 40 x PROBE_EVERY: about 5 s, the statement timeout
-        if sent.done():
-            raise AssertionError(f"the transfer did not wait: {sent.result().text}")
-        if backend.name == "sqlite":
-            if state.db.admission.usage()[1] >= 1:
-                return
-        else:
-            async with backend.engine.connect() as probe:
-                if (await probe.execute(text(_WAITING[backend.name]))).scalar_one() >= 1:
-                    return
-        await asyncio.sleep(PROBE_EVERY)
-    raise AssertionError("the transfer never waited for the other transaction")
 
 
 async def balances(state: AppState, *ids: int) -> list[Decimal]:
