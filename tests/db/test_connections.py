@@ -24,7 +24,10 @@ from sqlalchemy.engine import URL, make_url
 from asyncblog.config import Settings
 from asyncblog.db.database import Database
 from asyncblog.db.statements import Statement
+from tests.fixtures.cluster import PgDatabase
 from tests.fixtures.databases import Backend, settings_for
+from tests.fixtures.faults import members
+from tests.fixtures.servers import in_process_app
 
 # The writers' lane test: a small pool and a short POOL_TIMEOUT, so that a writer stuck behind
 # the readers fails (503 after POOL_TIMEOUT) instead of hanging; SLACK is what a bound on a wait
@@ -231,3 +234,41 @@ async def test_sqlite_writers_have_a_lane_of_their_own(backend: Backend) -> None
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         assert failures == []
+
+
+async def test_the_orm_takes_back_the_connections_the_data_path_holds(backend: Backend) -> None:
+    """With one connection in the pool, held by the data path after a read, an ORM session (the
+    admin's bulk import) still gets it at once: the held connections go back to SQLAlchemy's
+    pool first. Otherwise it would wait POOL_TIMEOUT and answer 503."""
+    pool_timeout = 3
+    settings = settings_for(
+        backend.url, pool_size=1, pool_max_overflow=0, pool_timeout=pool_timeout
+    )
+    async with in_process_app(settings) as api:
+        # the admin promoted through another engine: the app's one connection stays its own
+        admin, (user,) = await members(api.client, backend.engine, 1)
+        assert (await api.client.get(f"/users/{user.id}")).status_code == 200
+        assert api.state.db.connections()[1] >= 1, "the data path holds no connection"
+        started = asyncio.get_running_loop().time()
+        users = [{"username": "orm_after", "email": "oa@example.com", "password": "password123"}]
+        created = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
+        took = asyncio.get_running_loop().time() - started
+    assert created.status_code == 201, created.text
+    assert took < pool_timeout, took  # it did not wait for the pool's timeout
+
+
+async def test_a_connection_older_than_pool_recycle_is_replaced(pg_database: PgDatabase) -> None:
+    """POOL_RECYCLE: a connection the data path holds is handed back for SQLAlchemy to recycle
+    once it is older than that; the next unit of work runs on a new backend. (An explicit wait
+    on the clock: age is the point.)"""
+    settings = settings_for(pg_database.url, pool_size=1, pool_max_overflow=0, pool_recycle=1)
+    async with in_process_app(settings) as api:
+        user = await api.register()
+        assert (await api.client.get(f"/users/{user['id']}")).status_code == 200
+        first = {c["pid"] for c in await pg_database.app_connections()}
+        assert (await api.client.get(f"/users/{user['id']}")).status_code == 200
+        assert {c["pid"] for c in await pg_database.app_connections()} == first  # kept
+        await asyncio.sleep(1.5)
+        assert (await api.client.get(f"/users/{user['id']}")).status_code == 200
+        second = {c["pid"] for c in await pg_database.app_connections()}
+    assert first and second and not first & second, (first, second)
