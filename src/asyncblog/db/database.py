@@ -433,6 +433,11 @@ class _Held:
         await greenlet_spawn(self.fairy.close)
 
     async def drop(self, cause: BaseException | None = None) -> None:
+        """Invalidate a connection that failed. asyncpg's is cut first: SQLAlchemy's invalidation
+        would close it politely, waiting up to 2 s for a server that may be stalled."""
+        terminate = getattr(self.con, "terminate", None)
+        if terminate is not None:
+            terminate()
         await greenlet_spawn(self.fairy.invalidate, cause)
 
 

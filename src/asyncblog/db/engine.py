@@ -17,6 +17,7 @@ rollback would cost a thread hop on SQLite and a round trip on MariaDB per reque
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -28,6 +29,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import await_only
 
 from asyncblog.config import Settings, dialect_of
 
@@ -113,7 +115,7 @@ def create_engine(
             _create_private(Path(str(url.database)))
         _setup_sqlite(engine, settings, in_memory=sqlite_in_memory(url))
     elif "poolclass" not in overrides:
-        _ping_idle_connections(engine, settings.pool_ping_after_idle)
+        _ping_idle_connections(engine, settings.pool_ping_after_idle, settings.db_connect_timeout)
     return engine
 
 
@@ -203,7 +205,7 @@ def _reset_if_in_transaction(dbapi_connection: Any, _record: Any, state: Any) ->
     dbapi_connection.rollback()
 
 
-def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float, within: float) -> None:
     """Pre-ping, but only connections that sat idle in the pool for `idle_seconds` or more.
 
     SQLAlchemy's `pool_pre_ping` pings on every checkout, and on asyncpg a ping outside a
@@ -213,7 +215,6 @@ def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
     disconnect that still slips through is a 503 and invalidates the pool.
     """
     pool = engine.sync_engine.pool
-    dialect = engine.sync_engine.dialect
 
     @event.listens_for(pool, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
@@ -225,9 +226,20 @@ def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
         if idle_since is None or time.monotonic() - idle_since < idle_seconds:
             return
         try:
-            dialect.do_ping(dbapi_connection)
+            _bounded_ping(dbapi_connection, within)
         except Exception as exc:
             raise DisconnectionError(f"stale pooled connection: {exc}") from exc
+
+
+def _bounded_ping(dbapi_connection: Any, within: float) -> None:
+    """`SELECT 1` (aiomysql: its ping) on the driver connection, given up after `within`
+    seconds (DB_CONNECT_TIMEOUT): SQLAlchemy's own ping has no bound but the driver's statement
+    timeout, none at all with STATEMENT_TIMEOUT_MS=0, and a silently dead connection would hang
+    the request that checks it out."""
+    driver = dbapi_connection.driver_connection
+    fetchval = getattr(driver, "fetchval", None)  # asyncpg
+    probe = fetchval("SELECT 1") if fetchval is not None else driver.ping(reconnect=False)
+    await_only(asyncio.wait_for(probe, within))
 
 
 def _setup_sqlite(engine: AsyncEngine, settings: Settings, *, in_memory: bool) -> None:
