@@ -24,6 +24,7 @@ from sqlalchemy.engine import URL, make_url
 from asyncblog.config import Settings
 from asyncblog.db.database import Database
 from asyncblog.db.statements import Statement
+from tests.fixtures.app import empty_tables
 from tests.fixtures.cluster import PgDatabase
 from tests.fixtures.databases import Backend, settings_for
 from tests.fixtures.faults import members
@@ -244,15 +245,20 @@ async def test_the_orm_takes_back_the_connections_the_data_path_holds(backend: B
     settings = settings_for(
         backend.url, pool_size=1, pool_max_overflow=0, pool_timeout=pool_timeout
     )
-    async with in_process_app(settings) as api:
-        # the admin promoted through another engine: the app's one connection stays its own
-        admin, (user,) = await members(api.client, backend.engine, 1)
-        assert (await api.client.get(f"/users/{user.id}")).status_code == 200
-        assert api.state.db.connections()[1] >= 1, "the data path holds no connection"
-        started = asyncio.get_running_loop().time()
-        users = [{"username": "orm_after", "email": "oa@example.com", "password": "password123"}]
-        created = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
-        took = asyncio.get_running_loop().time() - started
+    try:
+        async with in_process_app(settings) as api:
+            # the admin promoted through another engine: the app's one connection stays its own
+            admin, (user,) = await members(api.client, backend.engine, 1)
+            assert (await api.client.get(f"/users/{user.id}")).status_code == 200
+            assert api.state.db.connections()[1] >= 1, "the data path holds no connection"
+            started = asyncio.get_running_loop().time()
+            users = [
+                {"username": "orm_after", "email": "oa@example.com", "password": "password123"}
+            ]
+            created = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
+            took = asyncio.get_running_loop().time() - started
+    finally:  # real commits on the session's database: the isolated tests expect it empty
+        await empty_tables(backend.engine)
     assert created.status_code == 201, created.text
     assert took < pool_timeout, took  # it did not wait for the pool's timeout
 

@@ -21,6 +21,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,8 @@ def create_engine(
     if "poolclass" in overrides:
         for key in ("pool_size", "max_overflow", "pool_timeout"):
             options.pop(key, None)
+    if dialect_of(url) == "mysql":
+        options["async_creator"] = _mysql_connect(url, options.pop("connect_args"), settings)
     options.update(overrides)
     engine = create_async_engine(url, **options)
     event.listen(engine.sync_engine.pool, "reset", _reset_if_in_transaction)
@@ -141,6 +144,25 @@ def in_transaction(driver_connection: Any) -> bool:
     if probe is not None:
         return bool(probe())
     return bool(getattr(driver_connection, "in_transaction", True))  # aiosqlite
+
+
+def _mysql_connect(
+    url: URL, connect_args: dict[str, Any], settings: Settings
+) -> Callable[[], Awaitable[Any]]:
+    """aiomysql's connect, bounded as a whole by DB_CONNECT_TIMEOUT: its own `connect_timeout`
+    (whole seconds) bounds opening the socket only, and a server that accepts and never sends
+    its greeting (a frozen host) would hang the request that connects."""
+    import aiomysql
+    from sqlalchemy.dialects.mysql.aiomysql import dialect
+
+    args, kwargs = dialect().create_connect_args(url)
+    kwargs.update(connect_args)
+    within = settings.db_connect_timeout
+
+    async def connect() -> Any:
+        return await asyncio.wait_for(aiomysql.connect(*args, **kwargs), within)
+
+    return connect
 
 
 def _pgbouncer_connect_args(settings: Settings) -> dict[str, Any]:
