@@ -104,10 +104,10 @@ async def test_app_connections_have_each_backends_settings(
 
 # ---------------------------------------------------------------------------- reads
 
-# How a read on its own runs, per backend: PostgreSQL and SQLite in autocommit (no BEGIN, no
-# COMMIT: one round trip); MariaDB's connections (autocommit off) would begin a transaction
-# with any statement, so the data path brackets the read with BEGIN and COMMIT.
-READS = {"postgresql": "autocommit", "sqlite": "autocommit", "mariadb": "BEGIN ... COMMIT"}
+# How a read on its own runs, per backend: in autocommit (no BEGIN, no COMMIT: one round trip).
+# MariaDB's connections are out of autocommit in SQLAlchemy's pool (a statement would begin a
+# transaction); the data path switches them to autocommit while it holds them.
+READS = {"postgresql": "autocommit", "sqlite": "autocommit", "mariadb": "autocommit"}
 
 BACKEND_PID = Statement(lambda: select(func.pg_backend_pid()))
 IN_TRANSACTION = Statement(lambda: select(literal_column("@@in_transaction")))
@@ -123,7 +123,7 @@ async def how_a_read_runs(backend: Backend, db: Database) -> tuple[str, str]:
       check cannot tell: over the extended protocol `now()` is the Bind's time and
       `statement_timestamp()` the Execute's, even in autocommit.)
     - MariaDB: `@@in_transaction` during the read (a statement reading no table opens no
-      transaction by itself: 1 only if the data path sent BEGIN).
+      transaction by itself, and none in autocommit: 1 only if BEGIN was sent).
     - SQLite: the statements SQLite itself ran for the unit (its trace callback).
     """
     dialect = db.engine.dialect
@@ -155,9 +155,9 @@ async def how_a_read_runs(backend: Backend, db: Database) -> tuple[str, str]:
     return ("autocommit" if ran == [sql] else "BEGIN ... COMMIT"), f"SQLite ran {ran}"
 
 
-async def test_a_read_runs_in_autocommit_but_on_mariadb(backend: Backend) -> None:
-    """A unit of work that reads sends no BEGIN or COMMIT on PostgreSQL (its reads are in
-    autocommit mode) nor on SQLite; on MariaDB it is bracketed by them."""
+async def test_a_read_runs_in_autocommit(backend: Backend) -> None:
+    """A unit of work that reads sends no BEGIN or COMMIT, on every backend (on MariaDB they
+    were sent, until the data path switched its connections to autocommit)."""
     async with database(settings_for(backend.url)) as db:
         await how_a_read_runs(backend, db)  # the prepared statement and the connection exist
         observed, shown = await how_a_read_runs(backend, db)

@@ -187,22 +187,12 @@ def operations(finished: tuple[ReadableSpan, ...], route: str) -> list[str]:
     return [str((s.attributes or {})["db.operation.name"]) for s in sent]
 
 
-# A statement on its own: PostgreSQL and SQLite run it in autocommit; MariaDB's connections
-# begin a transaction with any statement, so the data path brackets it.
-ALONE = {"postgresql": [], "sqlite": [], "mariadb": ["BEGIN", "COMMIT"]}
-
-
-def alone(backend: Backend, operation: str) -> list[str]:
-    wrap = ALONE[backend.name]
-    return [wrap[0], operation, wrap[1]] if wrap else [operation]
-
-
 async def test_the_hot_routes_are_one_statement_each(
     backend: Backend, traced_api: Api, spans: InMemorySpanExporter
 ) -> None:
     """GET /users/{id} (the user, its first posts, their count) and POST /posts (the caller's
     token checked, the INSERT, the view) each send one statement; on MariaDB the read is two
-    (the user with its count, then its posts), each bracketed by BEGIN and COMMIT."""
+    (the user with its count, then its posts)."""
     api = traced_api
     user, auth = await api.user()
     spans.clear()
@@ -210,11 +200,11 @@ async def test_the_hot_routes_are_one_statement_each(
     created = await api.client.post("/posts", json={"title": "t", "content": "c"}, headers=auth)
     assert created.status_code == 201, created.text
     finished = spans.get_finished_spans()
-    user_statements = alone(backend, "SELECT")
+    user_statements = ["SELECT"]
     if backend.name == "mariadb":  # no JSON aggregation there yet: the user, then its posts
         user_statements *= 2
     assert operations(finished, "/users/{user_id}") == user_statements
-    assert operations(finished, "/posts") == alone(backend, "INSERT")
+    assert operations(finished, "/posts") == ["INSERT"]
 
 
 async def test_the_transfer_locks_both_rows_in_id_order_for_the_update_only(
@@ -284,8 +274,8 @@ def bulk_statements(backend: Backend, rows: int) -> dict[str, list[str]]:
 async def test_the_bulk_routes_write_with_one_statement_each_but_on_sqlite(
     backend: Backend, traced_api: Api, spans: InMemorySpanExporter
 ) -> None:
-    """Each bulk route checks the admin's token on the data path (one SELECT, bracketed on
-    MariaDB), then, on its ORM session:
+    """Each bulk route checks the admin's token on the data path (one SELECT), then, on its ORM
+    session:
 
     - POST: one SELECT for the conflicts (committed before hashing), then the rows in a
       savepoint: one INSERT ... RETURNING for all of them on PostgreSQL and MariaDB, but one
@@ -311,7 +301,7 @@ async def test_the_bulk_routes_write_with_one_statement_each_but_on_sqlite(
         response = await api.client.request(method, "/users/bulk", json=body, headers=admin)
         assert response.status_code == status, response.text
         finished = spans.get_finished_spans()
-        assert operations(finished, "/users/bulk") == alone(backend, "SELECT"), method
+        assert operations(finished, "/users/bulk") == ["SELECT"], method
         sent[method] = orm_statements(finished)
         return response.json()
 

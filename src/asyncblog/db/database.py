@@ -48,10 +48,6 @@ from asyncblog.errors import ServiceError
 class _Driver:
     """The few calls the data path makes, per driver."""
 
-    # MariaDB's connections (SQLAlchemy's, autocommit off) begin a transaction with any
-    # statement: a statement on its own is committed after it.
-    implicit_transactions = False
-
     async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         raise NotImplementedError
 
@@ -78,6 +74,12 @@ class _Driver:
 
     def begin(self, write: bool) -> str:
         return "BEGIN"
+
+    async def taken(self, con: Any) -> None:
+        """The data path takes this connection from SQLAlchemy's pool."""
+
+    async def returned(self, con: Any) -> None:
+        """It goes back to SQLAlchemy's pool: as SQLAlchemy expects to find it."""
 
 
 class _Asyncpg(_Driver):
@@ -116,7 +118,16 @@ class _Aiosqlite(_Driver):
 
 
 class _Aiomysql(_Driver):
-    implicit_transactions = True
+    """SQLAlchemy keeps MariaDB's connections out of autocommit (its transactions begin with
+    the first statement); the data path switches them to autocommit while it has them, so a
+    statement on its own is one round trip instead of BEGIN, the statement and COMMIT, and its
+    transactions begin with an explicit BEGIN as on the other databases."""
+
+    async def taken(self, con: Any) -> None:
+        await con.autocommit(True)
+
+    async def returned(self, con: Any) -> None:
+        await con.autocommit(False)
 
     async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         async with con.cursor() as cursor:
@@ -139,7 +150,6 @@ class _Traced(_Driver):
     def __init__(self, driver: _Driver, dialect: str) -> None:
         self._driver = driver
         self._system = SYSTEMS.get(dialect, dialect)
-        self.implicit_transactions = driver.implicit_transactions
 
     async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         with statement_span(self._system, sql) as span:
@@ -167,6 +177,12 @@ class _Traced(_Driver):
     def begin(self, write: bool) -> str:
         return self._driver.begin(write)
 
+    async def taken(self, con: Any) -> None:
+        await self._driver.taken(con)
+
+    async def returned(self, con: Any) -> None:
+        await self._driver.returned(con)
+
 
 DRIVERS: dict[str, type[_Driver]] = {
     "postgresql": _Asyncpg,
@@ -193,8 +209,8 @@ class Reader:
 
     def _on_its_own(self) -> bool:
         """A statement outside any transaction of ours that must still get one: a savepoint in
-        a test's outer transaction, or on MariaDB (whose statements open one) BEGIN/COMMIT."""
-        return self._depth == 0 and (self._joined or self._driver.implicit_transactions)
+        a test's outer transaction."""
+        return self._depth == 0 and self._joined
 
     async def rows(self, statement: Statement, **params: Any) -> list[tuple[Any, ...]]:
         """All rows of `statement`, converted by the column types."""
@@ -352,6 +368,11 @@ class Database:
             # idle ping runs only after POOL_PING_AFTER_IDLE; do not hand it out.
             await greenlet_spawn(fairy.invalidate)
             fairy = await self.engine.raw_connection()
+        try:
+            await self._driver.taken(fairy.driver_connection)
+        except BaseException:
+            await greenlet_spawn(fairy.invalidate)
+            raise
         held = _Held(self, fairy, fairy.driver_connection, time.monotonic())
         return held.con, held.give_back
 
@@ -430,6 +451,11 @@ class _Held:
     async def put_back(self) -> None:
         """Back to SQLAlchemy's pool (which may close it: an overflow connection, a recycled
         one), in a greenlet as the pool awaits the driver from synchronous code."""
+        try:
+            await self.db._driver.returned(self.con)
+        except Exception as exc:  # it broke meanwhile: not for SQLAlchemy's pool
+            await self.drop(exc)
+            return
         await greenlet_spawn(self.fairy.close)
 
     async def drop(self, cause: BaseException | None = None) -> None:
