@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.cluster",
     "tests.fixtures.pgbouncer",
+    "tests.fixtures.replica",
     "tests.fixtures.proxy",
     "tests.fixtures.servers",
     "tests.fixtures.faults",

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     # statement_timeout at connect time: the client bounds statements instead), and no
     # prepared statement outlives its transaction (db.engine.driver_connect_args).
     pgbouncer: bool = False
+    # Read replicas (PostgreSQL streaming replicas), comma-separated URLs: reads go to them, every
+    # write and every read of a request that wrote to the primary; read-your-writes by WAL
+    # position (asyncblog.db.consistency). REPLICA_WAIT_MS: how long a read waits for a replica
+    # to replay a client's last write before it reads the primary; a replica that failed is
+    # skipped for REPLICA_DOWN_SECONDS.
+    database_replica_urls: str = ""
+    replica_wait_ms: int = Field(default=100, ge=0, le=10_000)
+    replica_down_seconds: float = Field(default=5.0, ge=0)
     readiness_timeout: float = Field(default=1.0, gt=0, le=60)
     # SIGTERM: requests in flight get this long to finish before `serve` closes them.
     shutdown_timeout: int = Field(default=20, ge=0, le=3600)  # seconds
@@ -115,6 +123,18 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("database_replica_urls")
+    @classmethod
+    def _check_replicas(cls, value: str) -> str:
+        for url in _split(value):
+            if not url.startswith("postgresql+asyncpg://"):
+                raise ValueError("read replicas are PostgreSQL (postgresql+asyncpg://...) URLs")
+        return value
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return _split(self.database_replica_urls)
+
     @field_validator("secret_key")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -170,6 +190,10 @@ class Settings(BaseSettings):
                 else Path(".asyncblog-secret")
             )
         return _load_or_create_secret(path)
+
+
+def _split(urls: str) -> list[str]:
+    return [url.strip() for url in urls.split(",") if url.strip()]
 
 
 @lru_cache(maxsize=1)

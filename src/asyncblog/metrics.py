@@ -110,6 +110,13 @@ TRANSFERS = Counter(
     "422) and outages show in http_requests_total.",
     ["outcome"],
 )
+REPLICA_READS = Counter(
+    "asyncblog_replica_reads",
+    "Reads by where they went with replicas configured: replica (it had replayed what the "
+    "client needed, or nothing was needed), waited (it caught up within REPLICA_WAIT_MS), "
+    "primary (the request wrote, no replica caught up in time, or none was up).",
+    ["outcome"],
+)
 LOGINS = Counter(
     "asyncblog_logins",
     "Password logins by outcome: ok, failed (wrong credentials), throttled (429).",
@@ -203,3 +210,5 @@ for _outcome in ("created", "replayed", "insufficient_balance", "retried", "give
     TRANSFERS.labels(outcome=_outcome)
 for _outcome in ("ok", "failed", "throttled"):
     LOGINS.labels(outcome=_outcome)
+for _outcome in ("replica", "waited", "primary"):
+    REPLICA_READS.labels(outcome=_outcome)

@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         max_body=settings.max_body_bytes,
         recorder=recorder,
         telemetry=settings.telemetry,
+        consistency=bool(settings.replica_urls),
     )
     add_routes(
         app, users.bulk, users.router, posts.router, money.router, auth.router, health.router

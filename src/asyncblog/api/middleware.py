@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asyncblog.api.metrics import RequestRecorder
 from asyncblog.api.overrides import current_app
+from asyncblog.db import consistency
 from asyncblog.log import REQUEST_ID_ATTRIBUTE, request_id
 from asyncblog.metrics import NO_ANSWER
 
@@ -51,12 +52,14 @@ class RequestContextMiddleware:
         max_body: int = 1 << 20,
         recorder: RequestRecorder | None = None,
         telemetry: bool = False,
+        consistency: bool = False,
     ) -> None:
         self.app = app
         self.access_log = access_log
         self.max_body = max_body
         self.recorder = recorder  # the request metrics, when METRICS=true
         self.telemetry = telemetry  # the request's span (FastAPI's) gets the request id
+        self.consistency = consistency  # read replicas: read-your-writes (db.consistency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,6 +75,9 @@ class RequestContextMiddleware:
             recorder.in_flight += 1
         if self.telemetry:
             trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, rid)
+        if self.consistency:
+            consistency.required.set(_required_position(scope))
+            consistency.written.set(None)
         status = 0
         docs = scope["path"].startswith(("/docs", "/redoc"))
         added = [(b"x-request-id", rid.encode()), *(DOCS_HEADERS if docs else API_HEADERS)]
@@ -84,6 +90,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *added]
+                position = consistency.written.get() if self.consistency else None
+                if position is not None:
+                    message["headers"].extend(_consistency_headers(position))
             try:
                 await send(message)
             except (RuntimeError, OSError) as exc:
@@ -144,6 +153,37 @@ class RequestContextMiddleware:
             return message
 
         return limited
+
+
+CONSISTENCY_HEADER = b"x-consistent-after"
+CONSISTENCY_COOKIE = "asyncblog_lsn"
+# long enough for any replica to have caught up; after it the cookie constrains nothing
+CONSISTENCY_MAX_AGE = 300
+
+
+def _required_position(scope: Scope) -> int | None:
+    """The WAL position this client last wrote at: its X-Consistent-After header, else the
+    cookie the service set."""
+    cookies = b""
+    for name, value in scope["headers"]:
+        if name == CONSISTENCY_HEADER:
+            return consistency.parse(value.decode("latin-1"))
+        if name == b"cookie":
+            cookies = value
+    for pair in cookies.decode("latin-1").split(";"):
+        key, _, value = pair.strip().partition("=")
+        if key == CONSISTENCY_COOKIE:
+            return consistency.parse(value)
+    return None
+
+
+def _consistency_headers(position: int) -> list[tuple[bytes, bytes]]:
+    text = consistency.render(position).encode()
+    cookie = (
+        f"{CONSISTENCY_COOKIE}={text.decode()}; Path=/; Max-Age={CONSISTENCY_MAX_AGE}; "
+        "HttpOnly; SameSite=Lax"
+    )
+    return [(CONSISTENCY_HEADER, text), (b"set-cookie", cookie.encode())]
 
 
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -30,19 +30,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import literal, select
+from sqlalchemy import literal, literal_column, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from asyncblog.config import Settings, dialect_of
+from asyncblog.db import consistency
 from asyncblog.db.admission import Admission
 from asyncblog.db.engine import SQLITE_BEGIN_OPTION, create_engine, in_transaction
 from asyncblog.db.errors import connection_lost, translate
 from asyncblog.db.statements import Statement
 from asyncblog.db.tracing import SYSTEMS, instrument_engine, statement_span
-from asyncblog.errors import ServiceError
+from asyncblog.errors import ServiceError, Unavailable
+from asyncblog.metrics import REPLICA_READS
 
 
 class _Driver:
@@ -192,6 +194,14 @@ DRIVERS: dict[str, type[_Driver]] = {
 
 
 _PING = Statement(lambda: select(literal(1)))
+# WAL positions as integers (bytes from 0/0): where the primary has written to, and how far a
+# replica has replayed.
+_WRITTEN = Statement(
+    lambda: select(literal_column("(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"))
+)
+_REPLAYED = Statement(
+    lambda: select(literal_column("(pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"))
+)
 
 
 class Reader:
@@ -316,6 +326,12 @@ class Database:
         else:
             self.admission = Admission(size, timeout)
         self.checkout: Checkout = self._pool_checkout
+        self.replicas: list[Database] = []  # with DATABASE_REPLICA_URLS (from_settings)
+        self.replayed = 0  # a replica's last seen replay position
+        self.down_until = 0.0  # a replica that failed is skipped until then
+        self._turn = 0
+        self._replica_wait = (settings.replica_wait_ms / 1000) if settings else 0.1
+        self._replica_down = settings.replica_down_seconds if settings else 5.0
         self._idle: list[_Held] = []
         self._closing = False
         self._ping_after = settings.pool_ping_after_idle if settings else 2.0
@@ -324,7 +340,56 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(create_engine(settings), settings)
+        db = cls(create_engine(settings), settings)
+        if db.dialect == "postgresql":
+            db.replicas = [
+                cls(create_engine(settings, url), settings) for url in settings.replica_urls
+            ]
+        return db
+
+    async def route_read(self) -> Database:
+        """Where a read goes: a replica that has replayed what the client needs (asked, and
+        waited for up to REPLICA_WAIT_MS), else the primary; the primary for the rest of a
+        request that wrote. A replica that fails is skipped for REPLICA_DOWN_SECONDS."""
+        if consistency.written.get() is not None:
+            REPLICA_READS.labels(outcome="primary").inc()
+            return self
+        now = time.monotonic()
+        up = [r for r in self.replicas if r.down_until <= now]
+        if not up:
+            REPLICA_READS.labels(outcome="primary").inc()
+            return self
+        self._turn += 1
+        replica = up[self._turn % len(up)]
+        need = consistency.required.get()
+        if need is None or replica.replayed >= need:
+            REPLICA_READS.labels(outcome="replica").inc()
+            return replica
+        deadline = now + self._replica_wait
+        waited = False
+        while True:
+            try:
+                async with replica.reader() as link:
+                    replica.replayed = int(await link.value(_REPLAYED) or 0)
+            except Unavailable:
+                replica.down_until = time.monotonic() + self._replica_down
+                REPLICA_READS.labels(outcome="primary").inc()
+                return self
+            if replica.replayed >= need:
+                REPLICA_READS.labels(outcome="waited" if waited else "replica").inc()
+                return replica
+            if time.monotonic() >= deadline:
+                REPLICA_READS.labels(outcome="primary").inc()
+                return self
+            waited = True
+            await asyncio.sleep(0.005)
+
+    async def note_written(self, link: Writer) -> None:
+        """After a unit of work that wrote, with replicas: the primary's WAL position, for the
+        client (asyncblog.db.consistency)."""
+        position = await link.value(_WRITTEN)
+        if position is not None:
+            consistency.note_written(int(position))
 
     def slot(self, *, write: bool = False) -> Any:
         """One of the pool's slots for this task (re-entrant), without a connection yet."""
@@ -409,6 +474,8 @@ class Database:
             await self.release_idle()
         finally:
             await self.engine.dispose()
+            for replica in self.replicas:
+                await replica.dispose()
 
 
 class _Held:
@@ -474,13 +541,25 @@ class _LinkHold(Generic[L]):
     """`Database.reader()` / `writer()`: a plain async context manager (every request enters
     one; a generator-based one costs several microseconds more)."""
 
-    __slots__ = ("_db", "_give_back", "_kind", "_slot")
+    __slots__ = ("_db", "_give_back", "_kind", "_link", "_slot")
 
     def __init__(self, db: Database, kind: type[L]) -> None:
         self._db = db
         self._kind = kind
 
     async def __aenter__(self) -> L:
+        primary = self._db
+        if primary.replicas and self._kind is Reader:
+            self._db = await primary.route_read()
+            if self._db is not primary:
+                try:
+                    return await self._enter()
+                except Unavailable:  # the replica is down: the primary serves the read
+                    self._db.down_until = time.monotonic() + primary._replica_down
+                    self._db = primary
+        return await self._enter()
+
+    async def _enter(self) -> L:
         db = self._db
         self._slot = db.admission.slot(write=self._kind is Writer)
         await self._slot.__aenter__()
@@ -492,13 +571,20 @@ class _LinkHold(Generic[L]):
             if error is None or error is exc:
                 raise
             raise error from exc
-        return self._kind(con, db.engine.dialect, db._driver)
+        self._link = self._kind(con, db.engine.dialect, db._driver)
+        return self._link
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
+        failure = exc
         try:
-            await self._give_back(exc)
+            if exc is None and self._db.replicas and isinstance(self._link, Writer):
+                try:
+                    await self._db.note_written(self._link)
+                except Exception as lost:  # committed; the client gets no position this time
+                    failure = lost
+            await self._give_back(failure)
         finally:
             await self._slot.__aexit__(None, None, None)
         if isinstance(exc, Exception) and not isinstance(exc, ServiceError):

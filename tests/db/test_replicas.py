@@ -1,0 +1,124 @@
+"""Read replicas with read-your-writes, on a real streaming replica of the throwaway cluster that
+applies what the primary writes APPLY_DELAY_MS later (`tests.fixtures.replica`).
+
+- Reads go to the replica: a row committed on the primary is not seen at once by a client that
+  wrote nothing (it reads the lagging replica).
+- A client's own write is visible on its very next read, over many write-then-read cycles: the
+  answer to a write carries the primary's WAL position (`X-Consistent-After` and a cookie), and
+  a read that sends it back reads a replica only once it has replayed that far.
+- A replica that is down takes no reads: the primary serves them, no 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from sqlalchemy import insert
+
+from asyncblog.db import consistency
+from asyncblog.models import User
+from tests.fixtures.databases import settings_for
+from tests.fixtures.metrics import counted
+from tests.fixtures.replica import APPLY_DELAY_MS, Replica
+from tests.fixtures.servers import in_process_app
+
+
+def replicated(replica: Replica, **overrides: object) -> object:
+    return settings_for(
+        replica.database.url,
+        database_replica_urls=replica.url.render_as_string(hide_password=False),
+        **overrides,
+    )
+
+
+def reads(outcome: str) -> float:
+    return counted("asyncblog_replica_reads_total", outcome=outcome)
+
+
+async def test_a_client_that_wrote_nothing_reads_the_lagging_replica(pg_replica: Replica) -> None:
+    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+        async with pg_replica.database.engine.begin() as conn:
+            created = await conn.execute(
+                insert(User)
+                .values(username="behind", email="behind@example.com", hashed_password="x")
+                .returning(User.id)
+            )
+            user_id = created.scalar_one()
+        before = reads("replica")
+        response = await api.client.get(f"/users/{user_id}")
+        assert response.status_code == 404, "read from the primary, not the replica"
+        assert reads("replica") - before == 1
+        assert "x-consistent-after" not in response.headers  # a read notes no position
+        # Once the replica has applied it, the same read finds it there.
+        for _ in range(int(APPLY_DELAY_MS / 100) + 50):
+            if (await api.client.get(f"/users/{user_id}")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the replica never caught up")
+
+
+async def test_a_clients_own_write_is_visible_on_its_next_read(pg_replica: Replica) -> None:
+    """Twenty write-then-read cycles, each read right after its write: zero stale reads. The
+    replica lags 1.5 s, so each read either waited for it or went to the primary; another
+    client, with no position, may still read the replica's older state."""
+    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+        body = {"username": "writer", "email": "writer@example.com", "password": "password123"}
+        registered = await api.client.post("/users", json=body)
+        assert registered.status_code == 201, registered.text
+        position = registered.headers["x-consistent-after"]
+        assert consistency.parse(position) is not None
+        assert "asyncblog_lsn=" in registered.headers["set-cookie"]
+        token = (
+            await api.client.post(
+                "/auth/token", data={"username": "writer", "password": "password123"}
+            )
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        stale = 0
+        for n in range(20):
+            title = f"post {n}"
+            created = await api.client.post(
+                "/posts", json={"title": title, "content": "c"}, headers=auth
+            )
+            assert created.status_code == 201, created.text
+            post_id = created.json()["id"]
+            shown = await api.client.get(f"/posts/{post_id}")  # the cookie travels
+            stale += shown.status_code != 200
+        assert stale == 0
+        # A client without the cookie or the header reads the replica, which lags behind.
+        async with httpx.AsyncClient(
+            transport=api.client._transport, base_url="http://test"
+        ) as other:
+            newest = await other.get(f"/posts/{post_id}")
+        assert newest.status_code == 404
+
+
+async def test_the_header_alone_is_enough(pg_replica: Replica) -> None:
+    """A client that keeps no cookies sends the position back as X-Consistent-After."""
+    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+        body = {"username": "nocookie", "email": "nc@example.com", "password": "password123"}
+        registered = await api.client.post("/users", json=body)
+        api.client.cookies.clear()
+        user_id = registered.json()["id"]
+        position = registered.headers["x-consistent-after"]
+        waited, primary = reads("waited"), reads("primary")
+        shown = await api.client.get(f"/users/{user_id}", headers={"X-Consistent-After": position})
+        assert shown.status_code == 200
+        assert reads("waited") + reads("primary") - waited - primary == 1
+        without = await api.client.get(f"/users/{user_id}")
+        assert without.status_code == 404  # no position: the lagging replica
+
+
+async def test_a_replica_that_is_down_takes_no_reads(pg_replica: Replica) -> None:
+    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+        body = {"username": "survivor", "email": "s@example.com", "password": "password123"}
+        registered = await api.client.post("/users", json=body)
+        user_id = registered.json()["id"]
+        await asyncio.sleep(APPLY_DELAY_MS / 1000 + 0.5)  # the replica has it
+        api.client.cookies.clear()
+        assert (await api.client.get(f"/users/{user_id}")).status_code == 200
+        await pg_replica.stop()
+        statuses = [(await api.client.get(f"/users/{user_id}")).status_code for _ in range(10)]
+        assert statuses == [200] * 10
