@@ -122,3 +122,22 @@ async def test_a_replica_that_is_down_takes_no_reads(pg_replica: Replica) -> Non
         await pg_replica.stop()
         statuses = [(await api.client.get(f"/users/{user_id}")).status_code for _ in range(10)]
         assert statuses == [200] * 10
+
+
+async def test_the_furthest_position_a_client_sends_counts(pg_replica: Replica) -> None:
+    """A cookie jar may hold an old position beside the newest (or a header beside a cookie):
+    the furthest one is required."""
+    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+        body = {"username": "twice", "email": "twice@example.com", "password": "password123"}
+        registered = await api.client.post("/users", json=body)
+        user_id = registered.json()["id"]
+        newest = registered.headers["x-consistent-after"]
+        api.client.cookies.clear()
+        cookie = f"asyncblog_lsn=0/1; asyncblog_lsn={newest}"
+        shown = await api.client.get(f"/users/{user_id}", headers={"Cookie": cookie})
+        assert shown.status_code == 200
+        mixed = await api.client.get(
+            f"/users/{user_id}",
+            headers={"Cookie": f"asyncblog_lsn={newest}", "X-Consistent-After": "0/1"},
+        )
+        assert mixed.status_code == 200

@@ -162,19 +162,19 @@ CONSISTENCY_MAX_AGE = 300
 
 
 def _required_position(scope: Scope) -> int | None:
-    """The WAL position this client last wrote at: its X-Consistent-After header, else the
-    cookie the service set."""
-    cookies = b""
+    """The WAL position this client last wrote at: the furthest of its X-Consistent-After header
+    and the cookies the service set (a jar may hold more than one)."""
+    found: list[int | None] = []
     for name, value in scope["headers"]:
         if name == CONSISTENCY_HEADER:
-            return consistency.parse(value.decode("latin-1"))
-        if name == b"cookie":
-            cookies = value
-    for pair in cookies.decode("latin-1").split(";"):
-        key, _, value = pair.strip().partition("=")
-        if key == CONSISTENCY_COOKIE:
-            return consistency.parse(value)
-    return None
+            found.append(consistency.parse(value.decode("latin-1")))
+        elif name == b"cookie":
+            for pair in value.decode("latin-1").split(";"):
+                key, _, text = pair.strip().partition("=")
+                if key == CONSISTENCY_COOKIE:
+                    found.append(consistency.parse(text))
+    positions = [p for p in found if p is not None]
+    return max(positions) if positions else None
 
 
 def _consistency_headers(position: int) -> list[tuple[bytes, bytes]]:
