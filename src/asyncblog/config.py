@@ -54,10 +54,14 @@ class Settings(BaseSettings):
     # write and every read of a request that wrote to the primary; read-your-writes by WAL
     # position (asyncblog.db.consistency). REPLICA_WAIT_MS: how long a read waits for a replica
     # to replay a client's last write before it reads the primary; a replica that failed is
-    # skipped for REPLICA_DOWN_SECONDS.
+    # skipped for REPLICA_DOWN_SECONDS, one lagging more than REPLICA_MAX_LAG_SECONDS too.
     database_replica_urls: str = ""
     replica_wait_ms: int = Field(default=100, ge=0, le=10_000)
     replica_down_seconds: float = Field(default=5.0, ge=0)
+    # A replica further behind than this takes no reads (how far: the age of the last
+    # transaction it replayed, while it has more to replay; checked at most once a second);
+    # 0: no bound.
+    replica_max_lag_seconds: float = Field(default=10.0, ge=0)
     readiness_timeout: float = Field(default=1.0, gt=0, le=60)
     # SIGTERM: requests in flight get this long to finish before `serve` closes them.
     shutdown_timeout: int = Field(default=20, ge=0, le=3600)  # seconds

@@ -276,3 +276,5 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str
     database: str
+    # with read replicas: "host:port" -> "ok" | "lagging" | "down" (never a reason for 503)
+    replicas: dict[str, str] | None = None

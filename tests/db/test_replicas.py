@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import httpx
 from sqlalchemy import insert
 
@@ -25,11 +26,33 @@ from tests.fixtures.servers import in_process_app
 
 
 def replicated(replica: Replica, **overrides: object) -> object:
+    """The app with the replica; no lag bound unless given, so that the tests can watch it
+    serve its lagging state (a replica just started has replayed no transaction yet: its lag
+    is unknown, and a bound would keep it out)."""
+    values: dict[str, object] = {"replica_max_lag_seconds": 0, **overrides}
     return settings_for(
         replica.database.url,
         database_replica_urls=replica.url.render_as_string(hide_password=False),
-        **overrides,
+        **values,
     )
+
+
+async def received_not_replayed(replica: Replica) -> None:
+    """Until the replica received everything the primary wrote (the throwaway cluster commits
+    asynchronously: it may not have sent it yet), which it applies APPLY_DELAY_MS later."""
+    primary = await asyncpg.connect(replica.database.cluster.dsn(replica.database.name))
+    standby = await asyncpg.connect(replica.dsn())
+    try:
+        target = await primary.fetchval("SELECT pg_current_wal_insert_lsn()")
+        await primary.execute("SELECT pg_switch_wal()")  # flush and send what is written
+        for _ in range(100):
+            if await standby.fetchval("SELECT pg_last_wal_receive_lsn() >= $1", target):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the replica did not receive the write")
+    finally:
+        await primary.close()
+        await standby.close()
 
 
 def reads(outcome: str) -> float:
@@ -141,3 +164,38 @@ async def test_the_furthest_position_a_client_sends_counts(pg_replica: Replica) 
             headers={"Cookie": f"asyncblog_lsn={newest}", "X-Consistent-After": "0/1"},
         )
         assert mixed.status_code == 200
+
+
+async def test_a_lagging_replica_takes_no_reads_and_readyz_reports_each(
+    pg_replica: Replica,
+) -> None:
+    """REPLICA_MAX_LAG_SECONDS below the replica's delay: right after a write on the primary it
+    is lagging, so even a client with no position reads the primary; /readyz says `lagging`,
+    then `ok` once it caught up, then `down` when it is stopped, and stays 200 throughout."""
+    where = f"127.0.0.1:{pg_replica.port}"
+    settings = replicated(pg_replica, replica_max_lag_seconds=0.3)
+    async with in_process_app(settings) as api:  # type: ignore[arg-type]
+        async with pg_replica.database.engine.begin() as conn:
+            created = await conn.execute(
+                insert(User)
+                .values(username="fresh", email="fresh@example.com", hashed_password="x")
+                .returning(User.id)
+            )
+            user_id = created.scalar_one()
+        await received_not_replayed(pg_replica)
+        primary = reads("primary")
+        assert (await api.client.get(f"/users/{user_id}")).status_code == 200
+        assert reads("primary") - primary == 1
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ok", "database": "ok", "replicas": {where: "lagging"}}
+        for _ in range(int(APPLY_DELAY_MS / 100) + 50):  # it replays the write
+            ready = await api.client.get("/readyz")
+            if ready.json()["replicas"][where] == "ok":
+                break
+            await asyncio.sleep(0.1)
+        assert ready.json()["replicas"] == {where: "ok"}
+        await pg_replica.stop()
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ok", "database": "ok", "replicas": {where: "down"}}

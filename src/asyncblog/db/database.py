@@ -202,6 +202,21 @@ _WRITTEN = Statement(
 _REPLAYED = Statement(
     lambda: select(literal_column("(pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"))
 )
+# A replica's state: how far it replayed, and how far behind it is in seconds (0 when it has
+# replayed all it received: an idle primary sends nothing, and the last replayed transaction
+# grows old without the replica being behind; unbounded when it has something to replay and
+# has replayed no transaction since it started).
+_REPLICA_STATE = Statement(
+    lambda: select(
+        literal_column("(pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"),
+        literal_column(
+            "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+            "ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), "
+            "'Infinity') END::float8"
+        ),
+    )
+)
+CHECK_EVERY = 1.0  # seconds between two looks at a replica's lag, per process
 
 
 class Reader:
@@ -329,9 +344,12 @@ class Database:
         self.replicas: list[Database] = []  # with DATABASE_REPLICA_URLS (from_settings)
         self.replayed = 0  # a replica's last seen replay position
         self.down_until = 0.0  # a replica that failed is skipped until then
+        self.lag_seconds = 0.0  # how far behind it was when last looked at
+        self.checked_at = float("-inf")
         self._turn = 0
         self._replica_wait = (settings.replica_wait_ms / 1000) if settings else 0.1
         self._replica_down = settings.replica_down_seconds if settings else 5.0
+        self._replica_max_lag = settings.replica_max_lag_seconds if settings else 10.0
         self._idle: list[_Held] = []
         self._closing = False
         self._ping_after = settings.pool_ping_after_idle if settings else 2.0
@@ -355,7 +373,11 @@ class Database:
             REPLICA_READS.labels(outcome="primary").inc()
             return self
         now = time.monotonic()
-        up = [r for r in self.replicas if r.down_until <= now]
+        for replica in self.replicas:
+            if replica.down_until <= now and now - replica.checked_at >= CHECK_EVERY:
+                await self._look_at(replica)
+        bound = self._replica_max_lag or float("inf")  # 0: no bound
+        up = [r for r in self.replicas if r.down_until <= now and r.lag_seconds <= bound]
         if not up:
             REPLICA_READS.labels(outcome="primary").inc()
             return self
@@ -383,6 +405,35 @@ class Database:
                 return self
             waited = True
             await asyncio.sleep(0.005)
+
+    async def _look_at(self, replica: Database) -> str:
+        """Read a replica's replay position and lag: `ok`, `lagging` or `down` (skipped for
+        REPLICA_DOWN_SECONDS)."""
+        replica.checked_at = time.monotonic()
+        try:
+            async with replica.reader() as link:
+                row = await link.row(_REPLICA_STATE)
+        except Unavailable:
+            replica.down_until = time.monotonic() + self._replica_down
+            return "down"
+        assert row is not None
+        replica.replayed = max(replica.replayed, int(row[0] or 0))
+        replica.lag_seconds = float(row[1] or 0.0)
+        bound = self._replica_max_lag or float("inf")
+        return "lagging" if replica.lag_seconds > bound else "ok"
+
+    async def replica_states(self, within: float) -> dict[str, str]:
+        """Each replica, by host:port, as `/readyz` reports it; one that does not answer within
+        `within` seconds is down."""
+        states = {}
+        for replica in self.replicas:
+            try:
+                state = await asyncio.wait_for(self._look_at(replica), within)
+            except TimeoutError:
+                replica.down_until = time.monotonic() + self._replica_down
+                state = "down"
+            states[f"{replica.engine.url.host}:{replica.engine.url.port}"] = state
+        return states
 
     async def note_written(self, link: Writer) -> None:
         """After a unit of work that wrote, with replicas: the primary's WAL position, for the

@@ -30,4 +30,7 @@ async def readyz(state: State) -> Response:
             {"status": "unavailable", "database": "unreachable"},
             status.HTTP_503_SERVICE_UNAVAILABLE,
         )
-    return JSONResponse({"status": "ok", "database": "ok"})
+    body: dict[str, object] = {"status": "ok", "database": "ok"}
+    if state.db.replicas:  # a replica down or lagging is reported, never a 503
+        body["replicas"] = await state.db.replica_states(state.settings.readiness_timeout)
+    return JSONResponse(body)
