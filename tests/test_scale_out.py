@@ -16,7 +16,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+from prometheus_client.mmap_dict import MmapedDict
 
+from tests.fixtures.cluster import PgDatabase
 from tests.fixtures.faults import assert_created_are_recorded, assert_invariants, members
 from tests.fixtures.ledger import ledger_mismatches, ledger_rows
 from tests.fixtures.pgbouncer import Bouncer
@@ -110,3 +112,52 @@ async def test_the_bank_run_over_workers_pgbouncer_and_a_replica(
     assert_created_are_recorded(created, book)
     assert len(book.transfer_ids) == len(created)
     assert sum(row.balance for row in book.rows.values()) == Decimal(USERS * 100)
+
+
+async def test_login_limits_hold_across_workers_without_redis(
+    pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    """`serve --workers 2` with no REDIS_URL keeps the login counts in the database: of 20
+    wrong passwords sent at once on new connections, answered by both workers (seen in their
+    metrics files), exactly LOGIN_MAX_FAILURES (5) are checked and the rest refused. With
+    counts per process, each worker would check its own 5."""
+    directory = tmp_path / "prometheus"
+    settings = {
+        "WEB_CONCURRENCY": "2",
+        "METRICS": "true",
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "LOGIN_MAX_FAILURES": "5",
+    }
+    async with serving(pg_database.url, tmp_path, **settings) as server:
+        limits = httpx.Limits(max_keepalive_connections=0)  # a new connection each: any worker
+        for attempt in range(5):  # until both workers took part in one burst
+            name = f"spread{attempt}"
+            body = {"username": name, "email": f"{name}@example.com", "password": "password123"}
+            async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+                assert (await client.post("/users", json=body)).status_code == 201
+            before = logins_by_pid(directory)
+            form = {"username": name, "password": "wrong-password"}
+            async with httpx.AsyncClient(base_url=server.base, timeout=60, limits=limits) as c:
+                answers = await asyncio.gather(
+                    *(c.post("/auth/token", data=form) for _ in range(20))
+                )
+            after = logins_by_pid(directory)
+            took_part = {pid for pid, n in after.items() if n > before.get(pid, 0)}
+            if len(took_part) == 2:
+                break
+        else:
+            raise AssertionError(f"one worker answered every burst: {after}")
+    statuses = Counter(a.status_code for a in answers)
+    assert statuses == {401: 5, 429: 15}, statuses
+
+
+def logins_by_pid(directory: Path) -> dict[int, float]:
+    """Password logins (any outcome) counted in each worker's metrics file."""
+    found: dict[int, float] = {}
+    for path in directory.glob("counter_*.db"):
+        total = 0.0
+        for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(path)):
+            if "asyncblog_logins_total" in key:
+                total += value
+        found[int(path.stem.rsplit("_", 1)[1])] = total
+    return found

@@ -96,6 +96,9 @@ def serve(
         if migrate if migrate is not None else settings.dialect == "sqlite":
             _migrate(settings)
         _check_connection_budget(settings, workers)
+        if workers > 1 and settings.throttle_store == "auto" and not settings.redis_url:
+            # the workers share the login and registration counts through the database
+            os.environ["THROTTLE_STORE"] = "database"
         try:
             settings.resolved_secret_key()  # create the key file once, before the workers start
         except (OSError, ValueError) as exc:

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     login_username_window_seconds: int = Field(default=900, ge=1)
     register_max_per_minute: int = Field(default=20, ge=0)  # per client address; 0: no limit
     redis_url: str | None = None
+    # Where the counts live: `auto` is Redis with REDIS_URL, else this process's memory;
+    # `database` shares them through the database (what `serve --workers N` uses with no Redis).
+    throttle_store: Literal["auto", "memory", "redis", "database"] = "auto"
 
     first_admin_username: str | None = None
     first_admin_email: str | None = None

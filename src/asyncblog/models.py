@@ -17,6 +17,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     CheckConstraint,
+    Double,
     ForeignKey,
     Index,
     MetaData,
@@ -172,3 +173,15 @@ class RefreshToken(Base):
     spent: Mapped[bool] = mapped_column(default=False, server_default=false())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), server_default=utcnow())
+
+
+class ThrottleCount(Base):
+    """One counter of the login and registration limits, when they are kept in the database
+    (THROTTLE_STORE=database: several workers with no Redis): `count` attempts until
+    `expires_at` (seconds since the epoch)."""
+
+    __tablename__ = "throttle_counts"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column()
+    expires_at: Mapped[float] = mapped_column(Double())

@@ -12,8 +12,10 @@ five mistyped passwords lock out that pair only, not everyone behind the same ad
 Registrations are counted per address (`REGISTER_MAX_PER_MINUTE`).
 
 Counts live in Redis when `REDIS_URL` is set (one Lua script per reservation: every worker and
-host shares them), else in this process, in an LRU of bounded size. If Redis cannot be reached,
-attempts go ahead (logged): an outage of the throttle must not become an outage of logging in.
+host shares them), in the database with THROTTLE_STORE=database (what `serve --workers N` uses
+without Redis: `repositories.throttle`), else in this process, in an LRU of bounded size. If
+Redis cannot be reached, attempts go ahead (logged): an outage of the throttle must not become
+an outage of logging in.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import RedisError
 
 from asyncblog.config import Settings
+
+if TYPE_CHECKING:
+    from asyncblog.db.database import Database
 from asyncblog.schemas import USERNAME_PATTERN
 
 logger = logging.getLogger("asyncblog.throttle")
@@ -177,10 +182,21 @@ class Throttle:
         self.registrations = s.register_max_per_minute
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Throttle:
-        counter: Counter = (
-            RedisCounter(settings.redis_url) if settings.redis_url else MemoryCounter()
-        )
+    def from_settings(cls, settings: Settings, db: Database | None = None) -> Throttle:
+        store = settings.throttle_store
+        if store == "auto":
+            store = "redis" if settings.redis_url else "memory"
+        counter: Counter
+        if store == "redis":
+            if not settings.redis_url:
+                raise ValueError("THROTTLE_STORE=redis needs REDIS_URL")
+            counter = RedisCounter(settings.redis_url)
+        elif store == "database" and db is not None:
+            from asyncblog.repositories.throttle import DatabaseCounter
+
+            counter = DatabaseCounter(db)
+        else:
+            counter = MemoryCounter()
         return cls(counter, settings)
 
     def login_limits(self, username: str, client: str | None) -> list[Limit]:

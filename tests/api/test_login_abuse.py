@@ -289,7 +289,7 @@ async def redis_keys(redis: Redis, throttled: Throttled) -> dict[str, int]:
     return found
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "database"])
 async def throttled(
     request: pytest.FixtureRequest, backend: Backend, state: AppState
 ) -> AsyncIterator[Throttled]:
@@ -304,6 +304,8 @@ async def throttled(
             await redis.aclose()
             unavailable(f"Redis at {REDIS_URL}", f"{type(exc).__name__}: {exc}")
         overrides["redis_url"] = REDIS_URL
+    if kind == "database":
+        overrides["throttle_store"] = "database"
     prefix = f"thr{uuid.uuid4().hex[:8]}_"
     result = Throttled(backend, state, kind, prefix, overrides)
     result.new_app()
@@ -403,14 +405,15 @@ async def test_success_clears_the_pairs_count(throttled: Throttled) -> None:
 
 
 async def test_counts_are_shared_between_app_instances_with_redis(throttled: Throttled) -> None:
-    """With REDIS_URL every worker sees the same counts; without it each process counts alone."""
+    """With REDIS_URL or THROTTLE_STORE=database every worker sees the same counts; in memory
+    each process counts alone."""
     user = await throttled.register("shared")
     second = throttled.new_app()
     address = throttled.address()
     for _ in range(throttled.max_failures):
         await throttled.fail(user["username"], address, app=0)
     response = await login(throttled.client(address, app=second), user["username"])
-    if throttled.kind == "redis":
+    if throttled.kind in ("redis", "database"):
         assert_throttled(response, throttled.window)
     else:
         assert response.status_code == 200, response.text

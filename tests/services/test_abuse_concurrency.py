@@ -55,7 +55,7 @@ class Counted:
     hasher: CountingHasher
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "database"])
 async def counted(request: pytest.FixtureRequest, live_state: AppState) -> AsyncIterator[Counted]:
     overrides: dict[str, Any] = {"register_max_per_minute": 0}
     if request.param == "redis":
@@ -67,6 +67,8 @@ async def counted(request: pytest.FixtureRequest, live_state: AppState) -> Async
         finally:
             await probe.aclose()
         overrides["redis_url"] = REDIS_URL
+    if request.param == "database":
+        overrides["throttle_store"] = "database"
     settings = live_state.settings.model_copy(update=overrides)
     hasher = CountingHasher(settings)
     state = dataclasses.replace(AppState.build(settings, live_state.db), hasher=hasher)

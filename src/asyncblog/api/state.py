@@ -20,10 +20,11 @@ class AppState:
 
     @classmethod
     def build(cls, settings: Settings, db: Database | None = None) -> AppState:
+        db = db or Database.from_settings(settings)
         return cls(
             settings=settings,
-            db=db or Database.from_settings(settings),
+            db=db,
             hasher=PasswordHasher(settings),
             tokens=TokenCodec.from_settings(settings),
-            throttle=Throttle.from_settings(settings),
+            throttle=Throttle.from_settings(settings, db),
         )
