@@ -7,7 +7,7 @@ PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint typecheck pytest migrate bench chart bench-ab bench-transfers bench-sqlite compare clean
+.PHONY: run test lint typecheck pytest migrate bench chart bench-ab bench-scale bench-transfers bench-sqlite compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ chart: $(BENCH_STAMP)
 # what a setting costs: two servers differing only in it, alternating (default: METRICS=true)
 bench-ab: $(STAMP)
 	$(BIN)/python bench/ab.py $(BENCH_ARGS)
+
+# GET /users/{id} on 1 and on 2 worker processes, one after the other
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 bench-transfers: $(STAMP)
 	$(BIN)/python bench/transfers.py $(BENCH_ARGS)

@@ -26,8 +26,6 @@ from typing import Any
 import common
 from common import BenchError, Report, Server, fmt, log
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -57,19 +55,6 @@ def settings(pairs: list[str]) -> dict[str, str]:
     return parsed
 
 
-def cpu_seconds(server: Server) -> float:
-    """User + system CPU time of every process of the server's group."""
-    total = 0
-    for pid in server.rss()["pids"]:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
-
-
 def measure(server: Server, args: argparse.Namespace, out: Path, label: str) -> dict[str, Any]:
     """One wrk run against `server` (while the other server is measured too), its CPU time."""
     wrk_env = {"USERS": str(args.users), "POSTS": str(args.users * args.posts)}
@@ -77,10 +62,10 @@ def measure(server: Server, args: argparse.Namespace, out: Path, label: str) -> 
     if args.warmup:
         warm = out / f"{label}.warmup.wrk"
         common.run_wrk(server.url, args.script, conc, args.warmup, warm, wrk_env, False)
-    before = cpu_seconds(server)
+    before = common.cpu_seconds(server)
     wrk = out / f"{label}.wrk"
     result = common.run_wrk(server.url, args.script, conc, args.duration, wrk, wrk_env)
-    cpu = cpu_seconds(server) - before
+    cpu = common.cpu_seconds(server) - before
     requests = result.rps * args.duration
     return {
         "label": label,

@@ -241,13 +241,17 @@ def rss_kib(pid: int) -> int:
 
 
 class Server:
-    """`asyncblog serve --workers 1` on a free port, in its own process group; a context manager
-    that always stops it (TERM the group, KILL after 10 s), also on Ctrl-C and errors."""
+    """`asyncblog serve --workers N` (1 by default) on a free port, in its own process group; a
+    context manager that always stops it (TERM the group, KILL after 10 s), also on Ctrl-C and
+    errors."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, host: str = "127.0.0.1", workers: int = 1
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.host = host
+        self.workers = workers
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -257,7 +261,7 @@ class Server:
 
     def __enter__(self) -> Server:
         cmd = [str(ASYNCBLOG), "serve", "--host", self.host, "--port", str(self.port)]
-        cmd += ["--workers", "1"]
+        cmd += ["--workers", str(self.workers)]
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -320,6 +324,19 @@ class Server:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def cpu_seconds(server: Server) -> float:
+    """User + system CPU time of every process of the server's group."""
+    total = 0
+    for pid in server.rss()["pids"]:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def log_problems(log_path: Path) -> list[str]:
