@@ -40,9 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def one_run(
-    env: dict[str, str], workers: int, args: argparse.Namespace, out: Path
+    env: dict[str, str], workers: int, args: argparse.Namespace, out: Path, n: int
 ) -> dict[str, Any]:
-    label = f"w{workers}"
+    label = f"w{workers}_r{n}"
     wrk_env = {"USERS": str(args.users), "POSTS": str(args.users * args.posts)}
     with Server(env, out / f"{label}.server.log", workers=workers) as server:
         server.wait_ready()
