@@ -20,6 +20,7 @@ from sqlalchemy import insert
 from asyncblog.db import consistency
 from asyncblog.models import User
 from tests.fixtures.databases import settings_for
+from tests.fixtures.faults import members
 from tests.fixtures.metrics import counted
 from tests.fixtures.replica import APPLY_DELAY_MS, Replica
 from tests.fixtures.servers import in_process_app
@@ -199,3 +200,16 @@ async def test_a_lagging_replica_takes_no_reads_and_readyz_reports_each(
         ready = await api.client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json() == {"status": "ok", "database": "ok", "replicas": {where: "down"}}
+
+
+async def test_a_bulk_import_is_visible_on_the_admins_next_read(pg_replica: Replica) -> None:
+    """The ORM's bulk operations note the position too: the admin's next read finds the users
+    it just created, although the replica lags."""
+    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+        admin, _ = await members(api.client, pg_replica.database.engine, 0)
+        users = [{"username": "bulk_seen", "email": "bs@example.com", "password": "password123"}]
+        created = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
+        assert created.status_code == 201, created.text
+        assert "x-consistent-after" in created.headers
+        user_id = created.json()["created"][0]["id"]
+        assert (await api.client.get(f"/users/{user_id}")).status_code == 200  # the cookie

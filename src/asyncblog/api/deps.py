@@ -136,6 +136,9 @@ async def bulk_service(request: Request) -> AsyncIterator[BulkUsers]:
         except BaseException:
             await session.rollback()
             raise
+    if state.db.replicas:  # the client's position after what the session committed
+        async with state.db.writer():  # a unit that writes notes it (db.consistency)
+            pass
 
 
 Bulk = Annotated[BulkUsers, Depends(bulk_service, scope="function")]
