@@ -18,6 +18,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from asyncblog.config import Settings
+from asyncblog.db import consistency
 from asyncblog.db.admission import slot_released
 from asyncblog.errors import Unavailable
 
@@ -126,11 +127,14 @@ class TokenCodec:
         token_version: int,
         *,
         now: dt.datetime | None = None,
+        position: int | None = None,
     ) -> str:
         """An access token: the user and its token version (the token stops working when the
         version moves), issued and expiry times. `pwd`, a stamp of the password hash, is not
         checked here; it is kept for the reference apps of ../shared/bench/compare.sh, which
-        accept the project's tokens and check it."""
+        accept the project's tokens and check it. `lsn`: the primary's WAL position after the
+        login was written, so that a client using the token reads no replica that has not
+        replayed its own account yet (`db.consistency`)."""
         now = now or dt.datetime.now(dt.UTC)
         claims = {
             "sub": str(user_id),
@@ -140,6 +144,8 @@ class TokenCodec:
             "exp": now + self.lifetime,
             "typ": "access",
         }
+        if position is not None:
+            claims["lsn"] = consistency.render(position)
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
     def decode(self, token: str) -> AccessClaims | None:
@@ -159,13 +165,16 @@ class TokenCodec:
             return None
         if type(version) is not int:
             return None
-        return AccessClaims(int(sub), version)
+        lsn = claims.get("lsn")
+        position = consistency.parse(lsn) if isinstance(lsn, str) else None
+        return AccessClaims(int(sub), version, position)
 
 
 @dataclass(frozen=True, slots=True)
 class AccessClaims:
     user_id: int
     token_version: int
+    position: int | None = None  # the WAL position the token was issued at (replicas)
 
 
 def new_refresh_token() -> tuple[str, str]:

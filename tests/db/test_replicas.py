@@ -213,3 +213,20 @@ async def test_a_bulk_import_is_visible_on_the_admins_next_read(pg_replica: Repl
         assert "x-consistent-after" in created.headers
         user_id = created.json()["created"][0]["id"]
         assert (await api.client.get(f"/users/{user_id}")).status_code == 200  # the cookie
+
+
+async def test_a_fresh_token_works_from_a_new_client(pg_replica: Replica) -> None:
+    """A token carries the position of the login that issued it: a client that never saw the
+    cookie (another process of the same app, a mobile client handed the token) is not told by
+    the lagging replica that its account does not exist."""
+    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+        body = {"username": "handed", "email": "handed@example.com", "password": "password123"}
+        assert (await api.client.post("/users", json=body)).status_code == 201
+        form = {"username": "handed", "password": "password123"}
+        token = (await api.client.post("/auth/token", data=form)).json()["access_token"]
+        async with httpx.AsyncClient(
+            transport=api.client._transport, base_url="http://test"
+        ) as other:  # no cookie, no header: only the token
+            me = await other.get("/users/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200, me.text
+        assert me.json()["username"] == "handed"

@@ -16,6 +16,7 @@ from fastapi.security import OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
 from asyncblog.api.state import AppState
+from asyncblog.db import consistency
 from asyncblog.db.types import MAX_ID
 from asyncblog.errors import BadRequest, Forbidden
 from asyncblog.security import AccessClaims
@@ -57,7 +58,16 @@ class OptionalCaller(OAuth2PasswordBearer):
         if token is None:
             return None
         state = app_state(request)
-        return await caller_of(state.db, state.tokens.decode(token))
+        return await caller_of(state.db, decoded(state, token))
+
+
+def decoded(state: AppState, token: str) -> AccessClaims | None:
+    """The token's claims; with replicas, the request reads nothing older than the login that
+    issued the token (a new client with a fresh token, on a lagging replica)."""
+    claims = state.tokens.decode(token)
+    if claims is not None and claims.position is not None and state.db.replicas:
+        consistency.require(claims.position)
+    return claims
 
 
 optional_user = OptionalCaller(
@@ -70,7 +80,7 @@ optional_user = OptionalCaller(
 async def token_claims(token: Token, request: Request) -> AccessClaims | None:
     """The claims of the bearer token, checked by signature and expiry only (no statement):
     for routes whose statement checks the caller itself."""
-    return app_state(request).tokens.decode(token) if token is not None else None
+    return decoded(app_state(request), token) if token is not None else None
 
 
 Claims = Annotated[AccessClaims | None, Depends(token_claims)]

@@ -44,3 +44,10 @@ def note_written(position: int) -> None:
     current = written.get()
     if current is None or position > current:
         written.set(position)
+
+
+def require(position: int) -> None:
+    """Reads of this request must see at least `position` (the client's token carries it)."""
+    current = required.get()
+    if current is None or position > current:
+        required.set(position)

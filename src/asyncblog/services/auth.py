@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from asyncblog.db import consistency
 from asyncblog.db.database import Database
 from asyncblog.errors import BadRequest, TooManyRequests, Unauthorized
 from asyncblog.metrics import LOGINS
@@ -100,7 +101,9 @@ class AuthService:
 
     def _pair(self, user_id: int, hashed_password: str, token_version: int, refresh: str) -> Token:
         return Token(
-            access_token=self.tokens.issue(user_id, hashed_password, token_version),
+            access_token=self.tokens.issue(
+                user_id, hashed_password, token_version, position=consistency.written.get()
+            ),
             expires_in=int(self.tokens.lifetime.total_seconds()),
             refresh_token=refresh,
         )
