@@ -56,24 +56,12 @@ def settings(pairs: list[str]) -> dict[str, str]:
 
 
 def measure(server: Server, args: argparse.Namespace, out: Path, label: str) -> dict[str, Any]:
-    """One wrk run against `server` (while the other server is measured too), its CPU time."""
+    """One measured run against `server`, while the other server is measured too."""
     wrk_env = {"USERS": str(args.users), "POSTS": str(args.users * args.posts)}
     conc = max(args.conc // 2, 1)
-    if args.warmup:
-        warm = out / f"{label}.warmup.wrk"
-        common.run_wrk(server.url, args.script, conc, args.warmup, warm, wrk_env, False)
-    before = common.cpu_seconds(server)
-    wrk = out / f"{label}.wrk"
-    result = common.run_wrk(server.url, args.script, conc, args.duration, wrk, wrk_env)
-    cpu = common.cpu_seconds(server) - before
-    requests = result.rps * args.duration
-    return {
-        "label": label,
-        "rps": result.rps,
-        "p99_ms": result.p("99"),
-        "cpu_us_per_request": cpu / requests * 1e6 if requests else float("nan"),
-        "errors": result.non2xx + result.socket_errors_total,
-    }
+    return common.measured_run(
+        server, args.script, conc, args.warmup, args.duration, out, label, wrk_env
+    )
 
 
 def one_round(
@@ -153,13 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         results["error"] = "interrupted"
         exit_code = 130
     finally:
-        common.write_json(out / "results.json", results)
-        report.write(out / "summary.txt")
-        try:
-            pg.drop(args.db)
-        except Exception as exc:
-            log(f"bench-ab: could not drop {args.db}: {exc}")
-    log(f"== results: {out}/summary.txt")
+        common.finish_run("bench-ab", pg, args.db, out, results, report)
     return exit_code
 
 

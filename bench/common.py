@@ -339,6 +339,46 @@ def cpu_seconds(server: Server) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def finish_run(
+    name: str, pg: Pg, db: str, out: Path, results: dict[str, Any], report: Report
+) -> None:
+    """What every run leaves, also after an error: results.json, summary.txt, no database."""
+    write_json(out / "results.json", results)
+    report.write(out / "summary.txt")
+    try:
+        pg.drop(db)
+    except Exception as exc:
+        log(f"{name}: could not drop {db}: {exc}")
+    log(f"== results: {out}/summary.txt")
+
+
+def measured_run(
+    server: Server,
+    script: str,
+    conc: int,
+    warmup: int,
+    duration: int,
+    out: Path,
+    label: str,
+    wrk_env: dict[str, str],
+) -> dict[str, Any]:
+    """A warm-up, then one wrk run with the server's CPU time read around it: requests/s, p99,
+    CPU per request (the server's CPU-bound share, steadier than requests/s), errors."""
+    if warmup:
+        run_wrk(server.url, script, conc, warmup, out / f"{label}.warmup.wrk", wrk_env, False)
+    before = cpu_seconds(server)
+    result = run_wrk(server.url, script, conc, duration, out / f"{label}.wrk", wrk_env)
+    cpu = cpu_seconds(server) - before
+    requests = result.rps * duration
+    return {
+        "label": label,
+        "rps": result.rps,
+        "p99_ms": result.p("99"),
+        "cpu_us_per_request": cpu / requests * 1e6 if requests else math.nan,
+        "errors": result.non2xx + result.socket_errors_total,
+    }
+
+
 def log_problems(log_path: Path) -> list[str]:
     """Server log lines worth a look: JSON lines at WARNING or above, anything else that says
     error/exception/traceback."""

@@ -46,21 +46,10 @@ def one_run(
     wrk_env = {"USERS": str(args.users), "POSTS": str(args.users * args.posts)}
     with Server(env, out / f"{label}.server.log", workers=workers) as server:
         server.wait_ready()
-        warm = out / f"{label}.warmup.wrk"
-        common.run_wrk(server.url, "users_id.lua", args.conc, args.warmup, warm, wrk_env, False)
-        before = common.cpu_seconds(server)
-        result = common.run_wrk(
-            server.url, "users_id.lua", args.conc, args.duration, out / f"{label}.wrk", wrk_env
+        run = common.measured_run(
+            server, "users_id.lua", args.conc, args.warmup, args.duration, out, label, wrk_env
         )
-        cpu = common.cpu_seconds(server) - before
-    requests = result.rps * args.duration
-    return {
-        "workers": workers,
-        "rps": result.rps,
-        "p99_ms": result.p("99"),
-        "cpu_us_per_request": cpu / requests * 1e6 if requests else float("nan"),
-        "errors": result.non2xx + result.socket_errors_total,
-    }
+    return {"workers": workers, **run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,13 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         results["error"] = str(exc)
         exit_code = exc.exit_code
     finally:
-        common.write_json(out / "results.json", results)
-        report.write(out / "summary.txt")
-        try:
-            pg.drop(args.db)
-        except Exception as exc:
-            log(f"bench-scale: could not drop {args.db}: {exc}")
-    log(f"== results: {out}/summary.txt")
+        common.finish_run("bench-scale", pg, args.db, out, results, report)
     return exit_code
 
 
