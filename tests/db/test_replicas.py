@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 from sqlalchemy import insert
 
+from asyncblog.config import Settings
 from asyncblog.db import consistency
 from asyncblog.models import User
 from tests.fixtures.databases import settings_for
@@ -26,7 +27,7 @@ from tests.fixtures.replica import APPLY_DELAY_MS, Replica
 from tests.fixtures.servers import in_process_app
 
 
-def replicated(replica: Replica, **overrides: object) -> object:
+def replicated(replica: Replica, **overrides: object) -> Settings:
     """The app with the replica; no lag bound unless given, so that the tests can watch it
     serve its lagging state (a replica just started has replayed no transaction yet: its lag
     is unknown, and a bound would keep it out)."""
@@ -36,6 +37,17 @@ def replicated(replica: Replica, **overrides: object) -> object:
         database_replica_urls=replica.url.render_as_string(hide_password=False),
         **values,
     )
+
+
+async def committed_user(replica: Replica, name: str) -> int:
+    """A user committed on the primary directly (the replica applies it later)."""
+    async with replica.database.engine.begin() as conn:
+        created = await conn.execute(
+            insert(User)
+            .values(username=name, email=f"{name}@example.com", hashed_password="x")
+            .returning(User.id)
+        )
+        return int(created.scalar_one())
 
 
 async def received_not_replayed(replica: Replica) -> None:
@@ -61,14 +73,8 @@ def reads(outcome: str) -> float:
 
 
 async def test_a_client_that_wrote_nothing_reads_the_lagging_replica(pg_replica: Replica) -> None:
-    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
-        async with pg_replica.database.engine.begin() as conn:
-            created = await conn.execute(
-                insert(User)
-                .values(username="behind", email="behind@example.com", hashed_password="x")
-                .returning(User.id)
-            )
-            user_id = created.scalar_one()
+    async with in_process_app(replicated(pg_replica)) as api:
+        user_id = await committed_user(pg_replica, "behind")
         before = reads("replica")
         response = await api.client.get(f"/users/{user_id}")
         assert response.status_code == 404, "read from the primary, not the replica"
@@ -87,7 +93,7 @@ async def test_a_clients_own_write_is_visible_on_its_next_read(pg_replica: Repli
     """Twenty write-then-read cycles, each read right after its write: zero stale reads. The
     replica lags 1.5 s, so each read either waited for it or went to the primary; another
     client, with no position, may still read the replica's older state."""
-    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+    async with in_process_app(replicated(pg_replica)) as api:
         body = {"username": "writer", "email": "writer@example.com", "password": "password123"}
         registered = await api.client.post("/users", json=body)
         assert registered.status_code == 201, registered.text
@@ -121,7 +127,7 @@ async def test_a_clients_own_write_is_visible_on_its_next_read(pg_replica: Repli
 
 async def test_the_header_alone_is_enough(pg_replica: Replica) -> None:
     """A client that keeps no cookies sends the position back as X-Consistent-After."""
-    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+    async with in_process_app(replicated(pg_replica)) as api:
         body = {"username": "nocookie", "email": "nc@example.com", "password": "password123"}
         registered = await api.client.post("/users", json=body)
         api.client.cookies.clear()
@@ -136,7 +142,7 @@ async def test_the_header_alone_is_enough(pg_replica: Replica) -> None:
 
 
 async def test_a_replica_that_is_down_takes_no_reads(pg_replica: Replica) -> None:
-    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+    async with in_process_app(replicated(pg_replica)) as api:
         body = {"username": "survivor", "email": "s@example.com", "password": "password123"}
         registered = await api.client.post("/users", json=body)
         user_id = registered.json()["id"]
@@ -151,7 +157,7 @@ async def test_a_replica_that_is_down_takes_no_reads(pg_replica: Replica) -> Non
 async def test_the_furthest_position_a_client_sends_counts(pg_replica: Replica) -> None:
     """A cookie jar may hold an old position beside the newest (or a header beside a cookie):
     the furthest one is required."""
-    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+    async with in_process_app(replicated(pg_replica)) as api:
         body = {"username": "twice", "email": "twice@example.com", "password": "password123"}
         registered = await api.client.post("/users", json=body)
         user_id = registered.json()["id"]
@@ -175,14 +181,8 @@ async def test_a_lagging_replica_takes_no_reads_and_readyz_reports_each(
     then `ok` once it caught up, then `down` when it is stopped, and stays 200 throughout."""
     where = f"127.0.0.1:{pg_replica.port}"
     settings = replicated(pg_replica, replica_max_lag_seconds=0.3)
-    async with in_process_app(settings) as api:  # type: ignore[arg-type]
-        async with pg_replica.database.engine.begin() as conn:
-            created = await conn.execute(
-                insert(User)
-                .values(username="fresh", email="fresh@example.com", hashed_password="x")
-                .returning(User.id)
-            )
-            user_id = created.scalar_one()
+    async with in_process_app(settings) as api:
+        user_id = await committed_user(pg_replica, "fresh")
         await received_not_replayed(pg_replica)
         primary = reads("primary")
         assert (await api.client.get(f"/users/{user_id}")).status_code == 200
@@ -205,7 +205,7 @@ async def test_a_lagging_replica_takes_no_reads_and_readyz_reports_each(
 async def test_a_bulk_import_is_visible_on_the_admins_next_read(pg_replica: Replica) -> None:
     """The ORM's bulk operations note the position too: the admin's next read finds the users
     it just created, although the replica lags."""
-    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+    async with in_process_app(replicated(pg_replica)) as api:
         admin, _ = await members(api.client, pg_replica.database.engine, 0)
         users = [{"username": "bulk_seen", "email": "bs@example.com", "password": "password123"}]
         created = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
@@ -219,7 +219,7 @@ async def test_a_fresh_token_works_from_a_new_client(pg_replica: Replica) -> Non
     """A token carries the position of the login that issued it: a client that never saw the
     cookie (another process of the same app, a mobile client handed the token) is not told by
     the lagging replica that its account does not exist."""
-    async with in_process_app(replicated(pg_replica)) as api:  # type: ignore[arg-type]
+    async with in_process_app(replicated(pg_replica)) as api:
         body = {"username": "handed", "email": "handed@example.com", "password": "password123"}
         assert (await api.client.post("/users", json=body)).status_code == 201
         form = {"username": "handed", "password": "password123"}

@@ -41,13 +41,16 @@ def render(position: int) -> str:
 
 
 def note_written(position: int) -> None:
-    current = written.get()
-    if current is None or position > current:
-        written.set(position)
+    """A unit of work of this request wrote up to `position`: the client gets the furthest."""
+    _raise_to(written, position)
 
 
 def require(position: int) -> None:
     """Reads of this request must see at least `position` (the client's token carries it)."""
-    current = required.get()
+    _raise_to(required, position)
+
+
+def _raise_to(var: contextvars.ContextVar[int | None], position: int) -> None:
+    current = var.get()
     if current is None or position > current:
-        required.set(position)
+        var.set(position)
