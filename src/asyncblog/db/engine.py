@@ -198,7 +198,7 @@ async def connection_limit(settings: Settings) -> tuple[int, str] | None:
     dialect = settings.dialect
     if dialect == "sqlite" or settings.pgbouncer:
         return None
-    engine = create_async_engine(settings.url, poolclass=NullPool, **_connect_only(settings))
+    engine = create_engine(settings, poolclass=NullPool)
     try:
         async with engine.connect() as conn:
             if dialect == "postgresql":
@@ -209,10 +209,6 @@ async def connection_limit(settings: Settings) -> tuple[int, str] | None:
             return total, f"max_connections {total}"
     finally:
         await engine.dispose()
-
-
-def _connect_only(settings: Settings) -> dict[str, Any]:
-    return {"connect_args": driver_connect_args(settings, settings.url)}
 
 
 def _statement_name() -> str:
