@@ -118,10 +118,10 @@ async def test_login_limits_hold_across_workers_without_redis(
     pg_database: PgDatabase, tmp_path: Path
 ) -> None:
     """`serve --workers 2` with no REDIS_URL keeps the login counts in the database: wrong
-    passwords for one user, sent in small bursts on new connections until both workers have
-    answered some (seen in their metrics files; uvicorn tends to hand a whole burst to one),
-    are checked exactly LOGIN_MAX_FAILURES (5) times in all and refused after. With counts per
-    process, the second worker would check its own."""
+    passwords for one user, sent in small bursts on new connections until each of both workers
+    has answered more than LOGIN_MAX_FAILURES (5) of them (seen in their metrics files; uvicorn
+    tends to hand a whole burst to one), are checked exactly 5 times in all and refused after.
+    With counts per process, each worker would check 5: 10 in all."""
     directory = tmp_path / "prometheus"
     settings = {
         "WEB_CONCURRENCY": "2",
@@ -142,10 +142,11 @@ async def test_login_limits_hold_across_workers_without_redis(
                 answers = await asyncio.gather(*(c.post("/auth/token", data=form) for _ in "abcd"))
                 statuses.update(a.status_code for a in answers)
                 after = logins_by_pid(directory)
-                if len({pid for pid, n in after.items() if n > before.get(pid, 0)}) == 2:
+                answered = [n - before.get(pid, 0) for pid, n in after.items()]
+                if len(answered) >= 2 and sorted(answered)[-2] > 5:  # serve has a file too
                     break
             else:
-                raise AssertionError(f"one worker answered every attempt: {after}")
+                raise AssertionError(f"one worker answered nearly every attempt: {after}")
     assert statuses[401] == 5, statuses
     assert set(statuses) == {401, 429}, statuses
 
