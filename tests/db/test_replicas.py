@@ -33,7 +33,7 @@ def replicated(replica: Replica, **overrides: object) -> Settings:
     is unknown, and a bound would keep it out)."""
     values: dict[str, object] = {"replica_max_lag_seconds": 0, **overrides}
     return settings_for(
-        replica.database.url,
+        replica.primary.url,
         database_replica_urls=replica.url.render_as_string(hide_password=False),
         **values,
     )
@@ -41,7 +41,7 @@ def replicated(replica: Replica, **overrides: object) -> Settings:
 
 async def committed_user(replica: Replica, name: str) -> int:
     """A user committed on the primary directly (the replica applies it later)."""
-    async with replica.database.engine.begin() as conn:
+    async with replica.primary.engine.begin() as conn:
         created = await conn.execute(
             insert(User)
             .values(username=name, email=f"{name}@example.com", hashed_password="x")
@@ -53,7 +53,7 @@ async def committed_user(replica: Replica, name: str) -> int:
 async def received_not_replayed(replica: Replica) -> None:
     """Until the replica received everything the primary wrote (the throwaway cluster commits
     asynchronously: it may not have sent it yet), which it applies APPLY_DELAY_MS later."""
-    primary = await asyncpg.connect(replica.database.cluster.dsn(replica.database.name))
+    primary = await asyncpg.connect(replica.primary.cluster.dsn(replica.database))
     standby = await asyncpg.connect(replica.dsn())
     try:
         target = await primary.fetchval("SELECT pg_current_wal_insert_lsn()")
@@ -206,7 +206,7 @@ async def test_a_bulk_import_is_visible_on_the_admins_next_read(pg_replica: Repl
     """The ORM's bulk operations note the position too: the admin's next read finds the users
     it just created, although the replica lags."""
     async with in_process_app(replicated(pg_replica)) as api:
-        admin, _ = await members(api.client, pg_replica.database.engine, 0)
+        admin, _ = await members(api.client, pg_replica.primary.engine, 0)
         users = [{"username": "bulk_seen", "email": "bs@example.com", "password": "password123"}]
         created = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
         assert created.status_code == 201, created.text
