@@ -117,6 +117,14 @@ REPLICA_READS = Counter(
     "primary (the request wrote, no replica caught up in time, or none was up).",
     ["outcome"],
 )
+REPLICA_WAIT = Histogram(
+    "asyncblog_replica_wait_seconds",
+    "How long a read waited for a replica to replay the client's last write, by how the wait "
+    "ended: waited (the replica caught up: the read went there), primary (REPLICA_WAIT_MS "
+    "passed, or the replica failed: the read went to the primary).",
+    ["outcome"],
+    buckets=LATENCY_BUCKETS,
+)
 LOGINS = Counter(
     "asyncblog_logins",
     "Password logins by outcome: ok, failed (wrong credentials), throttled (429).",
@@ -212,3 +220,5 @@ for _outcome in ("ok", "failed", "throttled"):
     LOGINS.labels(outcome=_outcome)
 for _outcome in ("replica", "waited", "primary"):
     REPLICA_READS.labels(outcome=_outcome)
+for _outcome in ("waited", "primary"):
+    REPLICA_WAIT.labels(outcome=_outcome)

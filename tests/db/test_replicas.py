@@ -72,6 +72,14 @@ def reads(outcome: str) -> float:
     return counted("asyncblog_replica_reads_total", outcome=outcome)
 
 
+def wait_count(outcome: str) -> float:
+    return counted("asyncblog_replica_wait_seconds_count", outcome=outcome)
+
+
+def wait_sum(outcome: str) -> float:
+    return counted("asyncblog_replica_wait_seconds_sum", outcome=outcome)
+
+
 async def test_a_client_that_wrote_nothing_reads_the_lagging_replica(pg_replica: Replica) -> None:
     async with in_process_app(replicated(pg_replica)) as api:
         user_id = await committed_user(pg_replica, "behind")
@@ -126,7 +134,9 @@ async def test_a_clients_own_write_is_visible_on_its_next_read(pg_replica: Repli
 
 
 async def test_the_header_alone_is_enough(pg_replica: Replica) -> None:
-    """A client that keeps no cookies sends the position back as X-Consistent-After."""
+    """A client that keeps no cookies sends the position back as X-Consistent-After. The replica
+    lags 1.5 s, more than REPLICA_WAIT_MS (100 ms): the read waits that long, measured in
+    `asyncblog_replica_wait_seconds`, then reads the primary (0.5 s of slack for a busy box)."""
     async with in_process_app(replicated(pg_replica)) as api:
         body = {"username": "nocookie", "email": "nc@example.com", "password": "password123"}
         registered = await api.client.post("/users", json=body)
@@ -134,11 +144,32 @@ async def test_the_header_alone_is_enough(pg_replica: Replica) -> None:
         user_id = registered.json()["id"]
         position = registered.headers["x-consistent-after"]
         waited, primary = reads("waited"), reads("primary")
+        waits, waiting = wait_count("primary"), wait_sum("primary")
         shown = await api.client.get(f"/users/{user_id}", headers={"X-Consistent-After": position})
         assert shown.status_code == 200
-        assert reads("waited") + reads("primary") - waited - primary == 1
+        assert reads("waited") - waited == 0
+        assert reads("primary") - primary == 1
+        assert wait_count("primary") - waits == 1
+        assert 0.1 <= wait_sum("primary") - waiting <= 0.1 + 0.5
         without = await api.client.get(f"/users/{user_id}")
         assert without.status_code == 404  # no position: the lagging replica
+
+
+async def test_a_read_waits_for_the_replica_within_its_bound(pg_replica: Replica) -> None:
+    """REPLICA_WAIT_MS (3 s) above the replica's delay (1.5 s): the read after a write waits for
+    the replica to replay it and reads there (`waited`), after about the delay, not the bound."""
+    async with in_process_app(replicated(pg_replica, replica_wait_ms=3000)) as api:
+        body = {"username": "patient", "email": "patient@example.com", "password": "password123"}
+        registered = await api.client.post("/users", json=body)
+        user_id = registered.json()["id"]
+        waited, primary = reads("waited"), reads("primary")
+        waits, waiting = wait_count("waited"), wait_sum("waited")
+        shown = await api.client.get(f"/users/{user_id}")  # the cookie travels
+        assert shown.status_code == 200
+        assert reads("waited") - waited == 1
+        assert reads("primary") - primary == 0
+        assert wait_count("waited") - waits == 1
+        assert 0 < wait_sum("waited") - waiting <= APPLY_DELAY_MS / 1000 + 0.5
 
 
 async def test_a_replica_that_is_down_takes_no_reads(pg_replica: Replica) -> None:

@@ -44,7 +44,7 @@ from asyncblog.db.errors import connection_lost, translate
 from asyncblog.db.statements import Statement
 from asyncblog.db.tracing import SYSTEMS, instrument_engine, statement_span
 from asyncblog.errors import ServiceError, Unavailable
-from asyncblog.metrics import REPLICA_READS
+from asyncblog.metrics import REPLICA_READS, REPLICA_WAIT
 
 
 class _Driver:
@@ -395,16 +395,23 @@ class Database:
                     replica.replayed = int(await link.value(_REPLAYED) or 0)
             except Unavailable:
                 replica.down_until = time.monotonic() + self._replica_down
-                REPLICA_READS.labels(outcome="primary").inc()
-                return self
-            if replica.replayed >= need:
-                REPLICA_READS.labels(outcome="waited" if waited else "replica").inc()
+                return self._waited(now, "primary", self)
+            if replica.replayed >= need and not waited:
+                REPLICA_READS.labels(outcome="replica").inc()
                 return replica
+            if replica.replayed >= need:
+                return self._waited(now, "waited", replica)
             if time.monotonic() >= deadline:
-                REPLICA_READS.labels(outcome="primary").inc()
-                return self
+                return self._waited(now, "primary", self)
             waited = True
             await asyncio.sleep(0.005)
+
+    @staticmethod
+    def _waited(since: float, outcome: str, then: Database) -> Database:
+        """Count a read that had to wait for a replica, and how long, on its way to `then`."""
+        REPLICA_READS.labels(outcome=outcome).inc()
+        REPLICA_WAIT.labels(outcome=outcome).observe(time.monotonic() - since)
+        return then
 
     async def _look_at(self, replica: Database) -> str:
         """Read a replica's replay position and lag: `ok`, `lagging` or `down` (skipped for
