@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from sqlalchemy import text
 
+from asyncblog.security import password_stamp
 from tests.fixtures.app import Api
 
 WRONG = {"detail": "Incorrect username or password"}
@@ -226,6 +228,31 @@ async def test_token_without_token_version_is_401(api: Api) -> None:
     del claims["ver"]
     token = jwt.encode(claims, api.state.tokens.secret, algorithm="HS256")
     await assert_rejected(api, bearer(token))
+
+
+async def test_tokens_carry_the_password_stamp_unchecked(api: Api) -> None:
+    """An access token carries `pwd`, the stamp of the user's password hash (for compare.sh's
+    reference apps), and nothing here checks it: the same claims with another `pwd`, signed
+    with the real key, act for the user on a route that checks the token in its own statement
+    (`GET /users/me`, `POST /posts`) and on one that checks it first (`GET /transfers`)."""
+    user = await api.register()
+    claims = await real_claims(api, user["username"])
+    async with api.state.db.session() as session:
+        stored = await session.scalar(
+            text("SELECT hashed_password FROM users WHERE id = :id"), {"id": user["id"]}
+        )
+    assert claims["pwd"] == password_stamp(stored)
+    assert len(claims["pwd"]) == 16 and int(claims["pwd"], 16) >= 0
+
+    other = "0" * 16 if claims["pwd"] != "0" * 16 else "1" * 16
+    headers = bearer(jwt.encode({**claims, "pwd": other}, api.state.tokens.secret, "HS256"))
+    me = await api.client.get("/users/me", headers=headers)
+    assert me.status_code == 200, me.text
+    assert me.json()["id"] == user["id"]
+    post = await api.client.post("/posts", json={"title": "t", "content": "c"}, headers=headers)
+    assert post.status_code == 201, post.text
+    assert post.json()["author_id"] == user["id"]
+    assert (await api.client.get("/transfers", headers=headers)).status_code == 200
 
 
 async def test_alg_none_token_is_401(api: Api) -> None:

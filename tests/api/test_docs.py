@@ -7,6 +7,7 @@ import base64
 import hashlib
 import re
 from collections.abc import AsyncIterator
+from importlib import metadata
 
 import httpx
 import pytest
@@ -63,6 +64,37 @@ async def test_swagger_ui_page_policy_allows_only_its_own_script(
     assert '"validatorUrl": null' in response.text  # no badge fetched from swagger.io
 
 
+# The pages' inline scripts: Swagger UI's set-up and its OAuth2 redirect; ReDoc has none.
+INLINE_SCRIPTS = {"/docs": 1, "/redoc": 0, "/docs/oauth2-redirect": 1}
+
+
+@pytest.mark.parametrize("page", sorted(INLINE_SCRIPTS))
+async def test_each_page_has_its_own_policy(client: httpx.AsyncClient, page: str) -> None:
+    """Every docs page's Content-Security-Policy over HTTP, directive by directive: scripts
+    from the service plus exactly the page's own inline scripts by their SHA-256, styles from
+    the service and inline, images from the service or `data:`, `connect-src 'self'`, no
+    framing; `worker-src blob:` on ReDoc's page only (its search), nothing else for workers."""
+    response = await client.get(page)
+    assert response.status_code == 200
+    csp = policy(response)
+    inline = re.findall(r"<script>(.*?)</script>", response.text, re.S)
+    assert len(inline) == INLINE_SCRIPTS[page], inline
+    hashes = [
+        f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+        for body in inline
+    ]
+    assert csp["default-src"] == ["'none'"]
+    assert csp["script-src"] == ["'self'", *hashes]
+    assert csp["style-src"] == ["'self'", "'unsafe-inline'"]
+    assert csp["img-src"] == ["'self'", "data:"]
+    assert csp["connect-src"] == ["'self'"]
+    assert csp["frame-ancestors"] == ["'none'"]
+    if page == "/redoc":
+        assert csp["worker-src"] == ["blob:"]
+    else:
+        assert "worker-src" not in csp, csp
+
+
 async def test_api_routes_keep_the_strict_api_policy(client: httpx.AsyncClient) -> None:
     response = await client.get("/users/not-a-number")
     assert response.status_code == 422
@@ -81,6 +113,25 @@ async def test_assets_are_served_and_cached(client: httpx.AsyncClient, name: str
     again = await client.get(f"{ASSETS_URL}/{name}", headers={"If-None-Match": etag})
     assert again.status_code == 304
     assert again.content == b""
+
+
+async def test_the_assets_url_names_the_package_version(client: httpx.AsyncClient) -> None:
+    """The assets live under `/docs/assets/<fastapi-offline's version>/`, and both pages load
+    every script, style and icon from there: a new release is a new URL, which is what makes
+    the year-long `immutable` caching safe. (`test_assets_are_served_and_cached` takes the URL
+    from the code, so it would pass with a URL that names no version.)"""
+    version = metadata.version("fastapi-offline")
+    assert f"/docs/assets/{version}" == ASSETS_URL
+    expected = {
+        "/docs": {"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"},
+        "/redoc": {"redoc.standalone.js", "favicon.png"},
+    }
+    for page, names in expected.items():
+        html = (await client.get(page)).text
+        assets = {url for url in referenced(html) if url != "/openapi.json"}
+        assert assets == {f"/docs/assets/{version}/{name}" for name in names}, page
+        for url in assets:
+            assert (await client.get(url)).status_code == 200, url
 
 
 async def test_the_bundled_swagger_ui_renders_openapi_3_1(client: httpx.AsyncClient) -> None:

@@ -6,14 +6,17 @@ Concurrent refreshes with one token are in tests/services/test_sessions_concurre
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import hashlib
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
+from asyncblog.models import RefreshToken
 from tests.fixtures.app import Api
 from tests.fixtures.databases import Backend, settings_for
 
@@ -96,6 +99,37 @@ async def test_only_digests_of_refresh_tokens_are_stored(api: Api) -> None:
     async with api.state.db.session() as session:
         rows = (await session.execute(text("SELECT digest FROM refresh_tokens"))).scalars().all()
     assert rows == [hashlib.sha256(tokens["refresh_token"].encode()).hexdigest()]
+
+
+async def test_a_refresh_token_is_256_random_bits_stored_with_its_expiry_and_version(
+    api: Api,
+) -> None:
+    """A login's refresh token is 32 random bytes (URL-safe base64), and its row keeps the
+    login's time plus REFRESH_TOKEN_EXPIRE_DAYS (14 by default) and the user's token version
+    at the login (2 here: a logout of every login moved it first)."""
+    user = await api.register()
+    first = await login(api, user["username"])
+    ended = await api.client.post("/auth/logout", json={"all": True}, headers=bearer(first))
+    assert ended.status_code == 204
+    before = dt.datetime.now(dt.UTC)
+    tokens = await login(api, user["username"])
+    after = dt.datetime.now(dt.UTC)
+
+    token = tokens["refresh_token"]
+    assert len(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))) == 32
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    async with api.state.db.session() as session:
+        stored = (
+            await session.execute(
+                select(RefreshToken.expires_at, RefreshToken.token_version).where(
+                    RefreshToken.digest == digest
+                )
+            )
+        ).one()
+    lifetime = dt.timedelta(days=14)
+    slack = dt.timedelta(minutes=1)
+    assert before + lifetime - slack <= stored.expires_at <= after + lifetime + slack
+    assert stored.token_version == 2
 
 
 # ------------------------------------------------------------------------------- logout

@@ -10,18 +10,22 @@ timeout (never a 500, never a hang); once the lock goes, the service answers at 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 
 import httpx
 
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
-from asyncblog.config import Settings
-from asyncblog.security import PasswordHasher
 from tests.fixtures.app import empty_tables
 from tests.fixtures.databases import Backend, settings_for
-from tests.fixtures.faults import assert_invariants, ends_within, lock_user, members, send
+from tests.fixtures.faults import (
+    GatedHasher,
+    assert_invariants,
+    ends_within,
+    lock_user,
+    members,
+    send,
+)
 from tests.fixtures.metrics import counted
 from tests.fixtures.servers import in_process_app
 
@@ -104,24 +108,6 @@ async def test_authenticated_reads_beyond_the_pool_do_not_starve_each_other(
             ]
     finally:
         await empty_tables(backend.engine)
-
-
-class GatedHasher(PasswordHasher):
-    """The real Argon2 hasher, except that verification waits for the test's go-ahead: a slow
-    hash, held open on purpose (no database mock: only the CPU work is paced)."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.started = threading.Event()
-        self.go = threading.Event()
-        real = self._hash.verify
-
-        def paced(password: str, hashed: str) -> bool:
-            self.started.set()
-            self.go.wait(30)
-            return bool(real(password, hashed))
-
-        self._hash.verify = paced  # type: ignore[method-assign]
 
 
 async def test_password_hashing_does_not_hold_a_pool_slot(backend: Backend) -> None:
