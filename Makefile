@@ -7,7 +7,7 @@ PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint typecheck pytest migrate bench chart bench-ab bench-scale bench-transfers bench-sqlite compare clean
+.PHONY: run test lint typecheck pytest migrate bench chart bench-ab bench-scale bench-transfers bench-sqlite bench-replicas compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ bench-transfers: $(STAMP)
 
 bench-sqlite: $(STAMP)
 	$(BIN)/python bench/sqlite.py $(BENCH_ARGS)
+
+# read-your-writes on a throwaway cluster and a streaming replica (as root: pg_createcluster)
+bench-replicas: $(STAMP)
+	$(BIN)/python bench/replicas.py $(BENCH_ARGS)
 
 compare: $(STAMP)
 	command -v wrk >/dev/null || apt-get install -y wrk

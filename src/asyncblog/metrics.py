@@ -117,13 +117,33 @@ REPLICA_READS = Counter(
     "primary (the request wrote, no replica caught up in time, or none was up).",
     ["outcome"],
 )
+# Finer around REPLICA_WAIT_MS's default (100 ms), where the waits that give up end.
+WAIT_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.125,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 REPLICA_WAIT = Histogram(
     "asyncblog_replica_wait_seconds",
     "How long a read waited for a replica to replay the client's last write, by how the wait "
     "ended: waited (the replica caught up: the read went there), primary (REPLICA_WAIT_MS "
     "passed, or the replica failed: the read went to the primary).",
     ["outcome"],
-    buckets=LATENCY_BUCKETS,
+    buckets=WAIT_BUCKETS,
 )
 LOGINS = Counter(
     "asyncblog_logins",
