@@ -1,5 +1,7 @@
-"""The real `asyncblog` console script, run as a subprocess: migrate, seed, create-admin, serve,
-and what a bad setting looks like on the command line."""
+"""The `asyncblog` command line: the real console script run as a subprocess (migrate, seed,
+create-admin, serve, and what a bad setting looks like), and the commands run in this process
+with typer's CliRunner where no process boundary is at stake (`serve` with `uvicorn.run`
+replaced by a recorder, create-admin's prompts, seed's password, migrate's revision)."""
 
 from __future__ import annotations
 
@@ -15,17 +17,23 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from alembic.script import ScriptDirectory
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
+from typer.testing import CliRunner, Result
 
+from asyncblog import log, migrations
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
+from asyncblog.cli import cli
 from asyncblog.config import Settings
 from asyncblog.db.engine import create_engine
 from tests.fixtures.databases import drop_database, new_database, settings_for
@@ -100,6 +108,62 @@ def verifies(password: str, hashed: str) -> bool:
     return PasswordHash((Argon2Hasher(),)).verify(password, hashed)
 
 
+# ---------------------------------------------------------------------------- in process
+
+
+def invoke(*args: str, database_url: str, stdin: str | None = None, **extra: str) -> Result:
+    """`asyncblog ARGS` run in this process by typer's CliRunner, with the environment of
+    `cli_env` (no asyncblog setting of the machine's; CliRunner puts the environment back
+    afterwards). Call it in a thread (`asyncio.to_thread`): the commands run event loops of
+    their own."""
+    env: dict[str, str | None] = dict.fromkeys(os.environ)
+    env.update(cli_env(database_url, **extra))
+    return CliRunner().invoke(cli, list(args), env=env, input=stdin)
+
+
+def done(result: Result) -> Result:
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    return result
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """In-process commands run in the test's directory, as the subprocesses do (cwd=tmp_path):
+    no `.env` of the checkout's is read, and the files they create stay in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+async def migrated_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per module; tests take copies (`migrated_copy`)."""
+    path = tmp_path_factory.mktemp("migrated") / "blog.db"
+    await asyncio.to_thread(migrations.upgrade, f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def migrated_copy(migrated_file: Path, sqlite_file: Path, in_tmp: Path) -> Path:
+    sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated_file, sqlite_file)
+    return sqlite_file
+
+
+@pytest.fixture
+def uvicorn_runs(monkeypatch: pytest.MonkeyPatch, in_tmp: Path) -> list[dict[str, Any]]:
+    """`serve` in process: `uvicorn.run` replaced by a recorder of its arguments (so `serve`
+    returns at once), and `serve`'s logging set-up skipped (it would replace pytest's handlers
+    on the root logger with one on CliRunner's stderr, gone after the test)."""
+    calls: list[dict[str, Any]] = []
+
+    def run(app: str, **options: Any) -> None:
+        calls.append({"app": app, **options})
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(log, "configure_logging", lambda *args, **kwargs: None)
+    return calls
+
+
 # ---------------------------------------------------------------------------- migrate
 
 
@@ -130,9 +194,12 @@ async def test_seed_sqlite(env: dict[str, str], sqlite_file: Path, tmp_path: Pat
         "SELECT u.username, count(p.id) FROM users u LEFT JOIN posts p ON p.author_id = u.id "
         "GROUP BY u.id ORDER BY u.id",
     )
-    assert len(per_author) == 50
+    assert [name for name, _ in per_author] == [f"user{n}" for n in range(1, 51)]
     assert {count for _, count in per_author} == {3}
-    assert len({name for name, _ in per_author}) == 50
+    emails = query(sqlite_file, "SELECT email FROM users ORDER BY id")
+    assert emails == [(f"user{n}@example.com",) for n in range(1, 51)]
+    # one hash shared by all: hashing each would cost the seeding an Argon2 run per user
+    assert query(sqlite_file, "SELECT count(DISTINCT hashed_password) FROM users") == [(1,)]
     (hashed,) = query(sqlite_file, "SELECT hashed_password FROM users ORDER BY id LIMIT 1")[0]
     assert isinstance(hashed, str) and hashed.startswith("$argon2")
     assert verifies("password123", hashed)
@@ -182,13 +249,18 @@ async def test_seed_on_a_server_database(tmp_path: Path, backend_name: str) -> N
                 rows = (
                     await conn.execute(
                         text(
-                            "SELECT u.id, count(p.id) FROM users u "
-                            "LEFT JOIN posts p ON p.author_id = u.id GROUP BY u.id"
+                            "SELECT u.username, u.email, count(p.id) FROM users u "
+                            "LEFT JOIN posts p ON p.author_id = u.id "
+                            "GROUP BY u.id, u.username, u.email ORDER BY u.id"
                         )
                     )
                 ).all()
-                assert len(rows) == 50
-                assert {count for _, count in rows} == {3}
+                assert [(name, email) for name, email, _ in rows] == [
+                    (f"user{n}", f"user{n}@example.com") for n in range(1, 51)
+                ]
+                assert {count for _, _, count in rows} == {3}
+                shared = "SELECT count(DISTINCT hashed_password) FROM users"
+                assert await conn.scalar(text(shared)) == 1
                 hashed = await conn.scalar(text("SELECT hashed_password FROM users LIMIT 1"))
                 assert verifies("password123", str(hashed))
         finally:
@@ -558,3 +630,222 @@ def test_behind_a_proxy_forwarded_addresses_count_only_from_a_trusted_peer(
     # 127.0.0.2 is not trusted: every forged address counts as 127.0.0.2
     forged = [failed_login(f"198.51.100.{n}", "127.0.0.2") for n in range(6)]
     assert forged == [401] * 5 + [429]
+
+
+# ---------------------------------------------------------------------------- serve, in process
+
+
+async def test_serve_runs_uvicorn_with_uvloop_and_httptools(
+    uvicorn_runs: list[dict[str, Any]], sqlite_file: Path
+) -> None:
+    """`serve` hands uvicorn the app factory with uvloop, httptools, no access log (the
+    middleware logs requests when asked) and SHUTDOWN_TIMEOUT as the graceful shutdown; it
+    binds 127.0.0.1:8000 unless told otherwise, and `--host`/`--port` are what it binds."""
+    url = f"sqlite+aiosqlite:///{sqlite_file}"
+    done(await asyncio.to_thread(invoke, "serve", "--no-migrate", database_url=url))
+    done(
+        await asyncio.to_thread(
+            invoke,
+            "serve",
+            "--no-migrate",
+            "--host",
+            "127.0.0.2",
+            "--port",
+            "9001",
+            database_url=url,
+            SHUTDOWN_TIMEOUT="7",
+        )
+    )
+    default, given = uvicorn_runs
+    expected = {
+        "app": "asyncblog.api.app:app_from_env",
+        "factory": True,
+        "workers": 1,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "log_config": None,
+    }
+    assert default == {
+        **expected,
+        "host": "127.0.0.1",
+        "port": 8000,
+        "timeout_graceful_shutdown": 20,
+    }
+    assert given == {
+        **expected,
+        "host": "127.0.0.2",
+        "port": 9001,
+        "timeout_graceful_shutdown": 7,
+    }
+    # what uvicorn is told to load is there (it would fail at start otherwise)
+    import httptools
+    import uvloop
+
+    assert httptools.__name__ == "httptools" and uvloop.__name__ == "uvloop"
+
+
+@pytest.mark.parametrize(
+    ("flags", "migrated"),
+    [((), True), (("--migrate",), True), (("--no-migrate",), False)],
+    ids=["default", "migrate", "no-migrate"],
+)
+async def test_serve_migrates_a_new_sqlite_file_unless_told_not_to(
+    uvicorn_runs: list[dict[str, Any]], sqlite_file: Path, flags: tuple[str, ...], migrated: bool
+) -> None:
+    """On SQLite `serve` upgrades the schema before uvicorn starts, but not with
+    `--no-migrate`."""
+    url = f"sqlite+aiosqlite:///{sqlite_file}"
+    done(await asyncio.to_thread(invoke, "serve", *flags, database_url=url))
+    assert len(uvicorn_runs) == 1
+    found = tables(sqlite_file) if await asyncio.to_thread(sqlite_file.exists) else set()
+    assert ({"users", "posts", "transfers", "alembic_version"} <= found) is migrated, found
+    if not migrated:
+        assert not found & {"users", "posts", "transfers"}
+
+
+async def test_serve_migrates_a_server_database_only_with_migrate(
+    uvicorn_runs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """On PostgreSQL (as on MariaDB: anything but SQLite) `serve` leaves the schema alone unless
+    given `--migrate`: an empty database stays empty, then `--migrate` creates the tables."""
+    url: URL = await new_database("postgresql", tmp_path)
+    try:
+        rendered = url.render_as_string(hide_password=False)
+        key = "k" * 32
+
+        async def table_names() -> set[str]:
+            engine = create_engine(settings_for(url), url, poolclass=NullPool)
+            try:
+                async with engine.connect() as conn:
+                    found = await conn.scalars(
+                        text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                    )
+                    return set(found)
+            finally:
+                await engine.dispose()
+
+        done(await asyncio.to_thread(invoke, "serve", database_url=rendered, SECRET_KEY=key))
+        assert await table_names() == set()
+        done(
+            await asyncio.to_thread(
+                invoke, "serve", "--migrate", database_url=rendered, SECRET_KEY=key
+            )
+        )
+        assert {"users", "posts", "transfers", "alembic_version"} <= await table_names()
+        assert len(uvicorn_runs) == 2  # both served
+    finally:
+        await drop_database("postgresql", url)
+
+
+# ---------------------------------------------------------------------------- migrate, in process
+
+
+async def test_migrate_goes_to_head_or_to_the_revision_named(
+    sqlite_file: Path, in_tmp: Path
+) -> None:
+    """`migrate` leaves the database at the script directory's head (not merely "some
+    version"); `migrate 0001` stops there: the users and posts of 0001, no ledger (0002)."""
+    head = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
+    assert head is not None
+    url = f"sqlite+aiosqlite:///{sqlite_file}"
+    done(await asyncio.to_thread(invoke, "migrate", database_url=url))
+    assert query(sqlite_file, "SELECT version_num FROM alembic_version") == [(head,)]
+
+    first = in_tmp / "first" / "blog.db"
+    done(
+        await asyncio.to_thread(
+            invoke, "migrate", "0001", database_url=f"sqlite+aiosqlite:///{first}"
+        )
+    )
+    assert query(first, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert {"users", "posts"} <= tables(first)
+    assert "transfers" not in tables(first)
+
+
+# ---------------------------------------------------------------------------- create-admin, prompts
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin"),
+    [
+        (("--username", "root1", "--email", "root1@example.com"), "adminpass1\nadminpass1\n"),
+        ((), "root1\nroot1@example.com\nadminpass1\nadminpass1\n"),
+    ],
+    ids=["password", "everything"],
+)
+async def test_create_admin_prompts_for_what_is_missing(
+    migrated_copy: Path, args: tuple[str, ...], stdin: str
+) -> None:
+    """Without `--password` (or without any option) `create-admin` asks for what is missing on
+    stdin, the password twice and not echoed; the admin it creates logs in with that password."""
+    url = f"sqlite+aiosqlite:///{migrated_copy}"
+    result = done(
+        await asyncio.to_thread(invoke, "create-admin", *args, database_url=url, stdin=stdin)
+    )
+    assert "Password" in result.output and "Repeat for confirmation" in result.output
+    assert "adminpass1" not in result.output  # hidden input, and never printed
+    rows = query(migrated_copy, "SELECT username, email, is_admin, is_active FROM users")
+    assert rows == [("root1", "root1@example.com", 1, 1)]
+
+    state = AppState.build(settings_for(url))
+    try:
+        transport = httpx.ASGITransport(app=create_app(state=state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            token = await client.post(
+                "/auth/token", data={"username": "root1", "password": "adminpass1"}
+            )
+            assert token.status_code == 200, token.text
+            headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+            me = await client.get("/users/me", headers=headers)
+            assert me.json()["is_admin"] is True
+    finally:
+        await state.db.dispose()
+
+
+async def test_create_admin_with_a_confirmation_that_differs_creates_nothing(
+    migrated_copy: Path,
+) -> None:
+    """A repeated password that differs is refused (and asked again); with stdin at its end
+    the command stops without an admin."""
+    url = f"sqlite+aiosqlite:///{migrated_copy}"
+    args = ("create-admin", "--username", "root1", "--email", "root1@example.com")
+    result = await asyncio.to_thread(
+        invoke, *args, database_url=url, stdin="adminpass1\nadminpass2\n"
+    )
+    assert result.exit_code != 0, result.output
+    assert "do not match" in result.output
+    assert query(migrated_copy, "SELECT count(*) FROM users") == [(0,)]
+
+
+# ---------------------------------------------------------------------------- seed, in process
+
+
+async def test_seed_with_a_password_of_ones_own(migrated_copy: Path) -> None:
+    """`seed --password P`: user1..userN with userN@example.com, one shared hash of P (not of
+    the default), and each seeded user logs in with P; the progress bar counts both tasks."""
+    url = f"sqlite+aiosqlite:///{migrated_copy}"
+    args = ("seed", "--users", "4", "--posts-per-user", "2", "--password", "other-pass")
+    result = done(await asyncio.to_thread(invoke, *args, database_url=url))
+    assert query(migrated_copy, "SELECT username, email FROM users ORDER BY id") == [
+        (f"user{n}", f"user{n}@example.com") for n in range(1, 5)
+    ]
+    assert query(migrated_copy, "SELECT count(DISTINCT hashed_password) FROM users") == [(1,)]
+    (hashed,) = query(migrated_copy, "SELECT hashed_password FROM users LIMIT 1")[0]
+    assert verifies("other-pass", str(hashed)) and not verifies("password123", str(hashed))
+    assert "4/4" in result.output and "8/8" in result.output, result.output
+
+    state = AppState.build(settings_for(url))
+    try:
+        transport = httpx.ASGITransport(app=create_app(state=state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for name, password, status in [
+                ("user4", "other-pass", 200),
+                ("user1", "password123", 401),
+            ]:
+                response = await client.post(
+                    "/auth/token", data={"username": name, "password": password}
+                )
+                assert response.status_code == status, response.text
+    finally:
+        await state.db.dispose()

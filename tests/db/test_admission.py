@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -116,3 +117,27 @@ async def test_a_child_task_cannot_use_the_slot_after_its_request_let_it_go() ->
     async with slot_released():  # outside any slot: nothing to give back
         pass
     await asyncio.wait_for(admission.take(), 1)  # the one slot is free again
+
+
+async def test_one_timer_serves_the_whole_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 100 waiters queued the gate has scheduled one timer (for the oldest deadline), not
+    one per waiter, and that timer (re-armed for the next deadline as it fires) times them all
+    out."""
+    gate = SlotGate(1, timeout=0.05)
+    await gate.acquire()
+    loop = asyncio.get_running_loop()
+    scheduled: list[float] = []
+    call_at = loop.call_at
+
+    def counting_call_at(when: float, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        scheduled.append(when)
+        return call_at(when, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    waiters = [asyncio.create_task(gate.acquire()) for _ in range(100)]
+    await asyncio.sleep(0)  # every waiter queued
+    assert gate.waiting == 100
+    assert len(scheduled) == 1
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(r, TimeoutError) for r in results)
+    assert gate.waiting == 0

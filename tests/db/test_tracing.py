@@ -21,6 +21,7 @@ from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.db.database import Database
 from asyncblog.log import REQUEST_ID_ATTRIBUTE
+from asyncblog.repositories.users import CALLER
 from tests.fixtures.app import Api, empty_tables
 from tests.fixtures.databases import Backend
 
@@ -44,9 +45,9 @@ def spans() -> Iterator[InMemorySpanExporter]:
         _EXPORTER.clear()
 
 
-@pytest.fixture
-async def traced_api(backend: Backend, spans: InMemorySpanExporter) -> AsyncIterator[Api]:
-    settings = backend.settings.model_copy(update={"telemetry": True})
+async def _api(backend: Backend, *, telemetry: bool) -> AsyncIterator[Api]:
+    """The app on the real engine (its own `Database`, real commits), with TELEMETRY as given."""
+    settings = backend.settings.model_copy(update={"telemetry": telemetry})
     state = AppState.build(settings, Database(backend.engine, settings))
     app = create_app(state=state)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -56,6 +57,19 @@ async def traced_api(backend: Backend, spans: InMemorySpanExporter) -> AsyncIter
     finally:
         await state.db.release_idle()
         await empty_tables(backend.engine)
+
+
+@pytest.fixture
+async def traced_api(backend: Backend, spans: InMemorySpanExporter) -> AsyncIterator[Api]:
+    async for api in _api(backend, telemetry=True):
+        yield api
+
+
+@pytest.fixture
+async def untraced_api(backend: Backend, spans: InMemorySpanExporter) -> AsyncIterator[Api]:
+    """The same app with TELEMETRY=false, made while the in-memory provider is the global one."""
+    async for api in _api(backend, telemetry=False):
+        yield api
 
 
 def request_span(finished: tuple[ReadableSpan, ...], route: str) -> ReadableSpan:
@@ -322,3 +336,60 @@ async def test_the_bulk_routes_write_with_one_statement_each_but_on_sqlite(
     (lock,) = [sql for op, sql in sent["DELETE"] if op == "SELECT"]
     assert "ORDER BY users.id" in lock
     assert lock.rstrip().endswith("FOR UPDATE") is (backend.name != "sqlite"), lock
+
+
+async def test_the_reads_are_one_statement_each(
+    backend: Backend, traced_api: Api, spans: InMemorySpanExporter
+) -> None:
+    """`GET /posts/{id}` (the README's example: one round trip where raw asyncpg makes two),
+    `GET /users` and `GET /posts` send one SELECT, which renders the answer, on every backend.
+    `GET /transfers` acts for a caller: one short statement checks the token first
+    (`services.auth.caller_of`, as the README says of that route), then one SELECT answers."""
+    api = traced_api
+    _, admin = await api.admin()
+    user, auth = await api.user()
+    await api.deposit(admin, user["id"], "1.00")
+    created = await api.client.post("/posts", json={"title": "t", "content": "c"}, headers=auth)
+    post_id = created.json()["id"]
+    spans.clear()
+    for path, headers in [
+        (f"/posts/{post_id}", {}),
+        ("/users", {}),
+        ("/posts", {}),
+        ("/transfers", auth),
+    ]:
+        response = await api.client.get(path, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json(), path  # each answer holds rows, rendered by that one statement
+    finished = spans.get_finished_spans()
+    for route in ("/posts/{post_id}", "/users", "/posts"):
+        assert operations(finished, route) == ["SELECT"], route
+    check, history = statements(descendants(finished, request_span(finished, "/transfers")))
+    caller_check = CALLER.compiled(backend.engine.dialect).sql
+    assert (check.attributes or {})["db.query.text"] == caller_check
+    assert (history.attributes or {})["db.operation.name"] == "SELECT"
+
+
+async def test_without_telemetry_nothing_is_traced(
+    untraced_api: Api, spans: InMemorySpanExporter
+) -> None:
+    """TELEMETRY=false (the default), with a global tracer provider that records everything:
+    a transfer (BEGIN, the lock, the move, COMMIT), a read and an ORM bulk import leave no
+    span, neither FastAPI's request and operation spans nor one per statement."""
+    api = untraced_api
+    _, admin = await api.admin()
+    sender, auth = await api.user()
+    recipient = await api.register()
+    await api.deposit(admin, sender["id"], "5.00")
+    spans.clear()
+    body = {"to_user_id": recipient["id"], "amount": "1.00"}
+    assert (await api.client.post("/transfers", json=body, headers=auth)).status_code == 201
+    assert (await api.client.get(f"/users/{sender['id']}")).status_code == 200
+    users = [{"username": "untraced", "email": "untraced@example.com", "password": "password123"}]
+    bulk = await api.client.post("/users/bulk", json={"users": users}, headers=admin)
+    assert bulk.status_code == 201, bulk.text
+    assert spans.get_finished_spans() == ()
+    # the provider records: a span started now is exported
+    with trace.get_tracer("test").start_as_current_span("probe"):
+        pass
+    assert [s.name for s in spans.get_finished_spans()] == ["probe"]

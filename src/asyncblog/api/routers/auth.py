@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Annotated
+import inspect
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
@@ -18,9 +19,20 @@ router = APIRouter(
 )
 
 
+async def password_form(**fields: Any) -> OAuth2PasswordRequestForm:
+    """FastAPI's OAuth2 password form (its fields and their OpenAPI schema), built by an `async
+    def`: FastAPI builds a class dependency (`Depends()` of the class) in a worker thread."""
+    return OAuth2PasswordRequestForm(**fields)
+
+
+password_form.__signature__ = inspect.signature(OAuth2PasswordRequestForm)  # type: ignore[attr-defined]
+
+
 @router.post("/token", response_model=Token, responses=errors(400, 401, 429))
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response
+    form: Annotated[OAuth2PasswordRequestForm, Depends(password_form)],
+    request: Request,
+    response: Response,
 ) -> Token:
     response.headers.update(NO_STORE)
     return await auth_of(request).login(form.username, form.password, client_address(request))
