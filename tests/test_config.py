@@ -25,14 +25,53 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_defaults() -> None:
+    """The README's settings table, default by default: with nothing in the environment and no
+    `.env` file, every setting has the value the table gives it."""
     settings = Settings()
     assert settings.database_url == "sqlite+aiosqlite:///./asyncblog.db"
     assert settings.dialect == "sqlite"
     assert settings.secret_key is None
+    assert settings.secret_key_file is None
+    assert settings.access_token_expire_minutes == 15
+    assert settings.refresh_token_expire_days == 14
+    assert (settings.pool_size, settings.pool_max_overflow, settings.pool_timeout) == (5, 10, 10)
+    assert settings.pool_recycle == 1800
+    assert settings.pool_ping_after_idle == 2
+    assert settings.statement_timeout_ms == 5000
+    assert settings.database_replica_urls == "" and settings.replica_urls == []
+    assert (
+        settings.replica_wait_ms,
+        settings.replica_down_seconds,
+        settings.replica_max_lag_seconds,
+    ) == (100, 5, 10)
+    assert settings.throttle_store == "auto"
+    assert settings.pgbouncer is False
+    assert (settings.db_connect_timeout, settings.readiness_timeout) == (2, 1)
+    assert settings.shutdown_timeout == 20
+    assert settings.sqlite_busy_timeout_ms == 5000
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.cors_origins == []
+    assert (settings.login_max_failures, settings.login_failure_window_seconds) == (5, 300)
+    assert settings.login_max_failures_per_address == 100
+    assert settings.login_max_failures_per_username == 20
+    assert settings.login_username_window_seconds == 900
+    assert settings.register_max_per_minute == 20
+    assert settings.password_hash_max_waiting == 64
+    assert settings.redis_url is None
     assert settings.first_admin_username is None
     assert settings.first_admin_email is None
     assert settings.first_admin_password is None
-    assert settings.access_token_expire_minutes >= 1
+    assert (settings.log_level, settings.log_format) == ("INFO", "auto")
+    assert settings.access_log is False
+    assert settings.telemetry is False
+    assert settings.metrics is False
+    assert settings.metrics_token is None and settings.metrics_port is None
+    assert (
+        settings.argon2_time_cost,
+        settings.argon2_memory_cost_kib,
+        settings.argon2_parallelism,
+    ) == (3, 65536, 4)
+    assert settings.password_hash_threads == os.cpu_count()
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,6 +173,12 @@ def test_partial_first_admin_is_a_settings_error(
     assert "adminpass1" not in message
 
 
+def test_cors_origins_is_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CORS_ORIGINS in the environment is read as a JSON list of origins."""
+    monkeypatch.setenv("CORS_ORIGINS", '["https://app.example", "http://localhost:3000"]')
+    assert load_settings().cors_origins == ["https://app.example", "http://localhost:3000"]
+
+
 def test_complete_first_admin_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIRST_ADMIN_USERNAME", "root")
     monkeypatch.setenv("FIRST_ADMIN_EMAIL", "root@example.com")
@@ -153,11 +198,20 @@ def test_complete_first_admin_is_accepted(monkeypatch: pytest.MonkeyPatch) -> No
         ("ACCESS_TOKEN_EXPIRE_MINUTES", "soon"),
         ("POOL_SIZE", "0"),
         ("LOG_LEVEL", "CHATTY"),
+        ("POOL_TIMEOUT", "0"),
+        ("METRICS_PORT", "0"),
+        ("LOG_FORMAT", "xml"),
+        ("CORS_ORIGINS", "not-json"),
+        ("CORS_ORIGINS", '{"origin": "https://app.example"}'),
+        ("TELEMETRY", "maybe"),
     ],
 )
 def test_other_bad_values_are_a_settings_error_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
+    """A bad value of a bounded setting is one line naming it (`SettingsError`, which the
+    command line prints as it is), not a traceback: CORS_ORIGINS that is not JSON was one,
+    raised by pydantic-settings' own decoding."""
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as raised:
         load_settings()
@@ -212,6 +266,40 @@ def test_an_explicit_secret_key_is_used_and_nothing_is_written(
     assert Settings().resolved_secret_key() == "an-explicit-secret-key-of-sufficient-length"
     assert list(clean_env.iterdir()) == []
     assert "an-explicit-secret-key" not in repr(Settings())
+
+
+def test_secret_key_file_holds_the_generated_key(
+    monkeypatch: pytest.MonkeyPatch, clean_env: Path
+) -> None:
+    """SECRET_KEY_FILE: the generated key is kept there (private, read back by every later
+    start), not next to the SQLite file."""
+    monkeypatch.setenv("DATABASE_URL", "sqlite+aiosqlite:///./blog.db")
+    key_file = clean_env / "keys" / "asyncblog.key"
+    monkeypatch.setenv("SECRET_KEY_FILE", str(key_file))
+    key = Settings().resolved_secret_key()
+    assert len(key) >= 32
+    assert key_file.read_text(encoding="utf-8").strip() == key
+    assert stat.S_IMODE(key_file.stat().st_mode) & 0o077 == 0, "the key file is private"
+    assert not (clean_env / "blog.db.secret").exists()
+    assert Settings().resolved_secret_key() == key
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+asyncpg://app@db.example/blog", "mariadb+aiomysql://app@db.example/blog"]
+)
+def test_a_server_database_keeps_its_key_in_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, clean_env: Path, url: str
+) -> None:
+    """With a server database and neither SECRET_KEY nor SECRET_KEY_FILE, the key is generated
+    once into `./.asyncblog-secret` (private), and a second start reads the same key. No
+    server is needed: the key never touches the database."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    key = Settings().resolved_secret_key()
+    key_file = clean_env / ".asyncblog-secret"
+    assert os.listdir(clean_env) == [".asyncblog-secret"]
+    assert key_file.read_text(encoding="utf-8").strip() == key
+    assert stat.S_IMODE(key_file.stat().st_mode) & 0o077 == 0, "the key file is private"
+    assert Settings().resolved_secret_key() == key
 
 
 def test_an_existing_key_file_is_kept(monkeypatch: pytest.MonkeyPatch, clean_env: Path) -> None:

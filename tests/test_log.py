@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterator
 
 import httpx
 import orjson
@@ -12,7 +13,13 @@ import pytest
 
 from asyncblog.api.middleware import RequestContextMiddleware
 from asyncblog.config import Settings
-from asyncblog.log import ConsoleFormatter, JSONFormatter, console_wanted, request_id
+from asyncblog.log import (
+    ConsoleFormatter,
+    JSONFormatter,
+    configure_logging,
+    console_wanted,
+    request_id,
+)
 
 
 def _record(msg: str = "hello", **extra: object) -> logging.LogRecord:
@@ -111,3 +118,54 @@ def test_the_format_follows_the_setting_and_auto_asks_the_terminal(
     assert console_wanted("auto")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert not console_wanted("auto")
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """What `configure_logging` changes in the process's logging, put back afterwards (pytest's
+    own handlers on the root logger among it)."""
+    root = logging.getLogger()
+    named = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error")]
+    access = logging.getLogger("uvicorn.access")
+    plugins = logging.getLogger("alembic.runtime.plugins")
+    flags = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+    saved_flags = {flag: getattr(logging, flag) for flag in flags}
+    saved_root = (root.handlers[:], root.level)
+    saved_named = [(logger.handlers[:], logger.propagate) for logger in named]
+    saved_access, saved_plugins = access.disabled, plugins.level
+    try:
+        yield
+    finally:
+        root.handlers[:], level = saved_root
+        root.setLevel(level)
+        for logger, (handlers, propagate) in zip(named, saved_named, strict=True):
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+        access.disabled = saved_access
+        plugins.setLevel(saved_plugins)
+        for flag, value in saved_flags.items():
+            setattr(logging, flag, value)
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_log_level_writes_lines_from_that_level_up_on_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """LOG_LEVEL=WARNING: an INFO line of the service is not written, a WARNING and an ERROR
+    are, on stderr (nothing on stdout), each with the request id of the request being served."""
+    configure_logging("WARNING", "json")
+    log = logging.getLogger("asyncblog")
+    token = request_id.set("req-level")
+    try:
+        log.info("below the level")
+        log.warning("at the level")
+        log.error("above the level")
+    finally:
+        request_id.reset(token)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = [orjson.loads(line) for line in captured.err.splitlines()]
+    assert [(line["level"], line["msg"], line["request_id"]) for line in lines] == [
+        ("WARNING", "at the level", "req-level"),
+        ("ERROR", "above the level", "req-level"),
+    ]

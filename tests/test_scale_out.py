@@ -15,10 +15,15 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import httpx
+import pytest
+import typer
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.fixtures.cluster import PgDatabase
+from asyncblog.cli import _check_connection_budget
+from tests.fixtures.cluster import Cluster, PgDatabase
+from tests.fixtures.databases import settings_for
 from tests.fixtures.faults import assert_created_are_recorded, assert_invariants, members
 from tests.fixtures.ledger import ledger_mismatches, ledger_rows
 from tests.fixtures.pgbouncer import Bouncer
@@ -156,8 +161,49 @@ def logins_by_pid(directory: Path) -> dict[int, float]:
     found: dict[int, float] = {}
     for path in directory.glob("counter_*.db"):
         total = 0.0
-        for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(path)):
+        values = MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
+        for key, value, _ts, _pos in values:
             if "asyncblog_logins_total" in key:
                 total += value
         found[int(path.stem.rsplit("_", 1)[1])] = total
     return found
+
+
+async def connection_numbers(cluster: Cluster) -> tuple[int, int]:
+    """The server's max_connections and superuser_reserved_connections."""
+    conn = await asyncpg.connect(cluster.dsn(), timeout=10)
+    try:
+        total = int(await conn.fetchval("SHOW max_connections"))
+        reserved = int(await conn.fetchval("SHOW superuser_reserved_connections"))
+    finally:
+        await conn.close()
+    return total, reserved
+
+
+def test_on_postgresql_the_limit_is_max_connections_less_the_reserved(
+    pg_cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve`'s check on the throwaway cluster (max_connections 300, 3 reserved for
+    superusers): 2 workers x (POOL_SIZE + POOL_MAX_OVERFLOW) above 297 but not above 300 are
+    refused, exit 2, in one line naming both numbers; a total of exactly 297 starts, with
+    nothing said. Counting max_connections alone would let the first start. (The check is
+    `serve`'s own function, called as `serve` calls it, before any worker starts.)"""
+    total, reserved = asyncio.run(connection_numbers(pg_cluster))
+    allowed = total - reserved
+    workers = 2
+    per_worker = allowed // workers + 1
+    assert allowed < workers * per_worker <= total, (total, reserved)
+
+    over = settings_for(pg_cluster.url(), pool_size=per_worker - 10, pool_max_overflow=10)
+    with pytest.raises(typer.Exit) as refused:
+        _check_connection_budget(over, workers)
+    assert refused.value.exit_code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"{workers} workers x {per_worker} connections" in lines[0]
+    assert f"= {workers * per_worker}," in lines[0]
+    assert f"({allowed}: max_connections {total} - {reserved} reserved)" in lines[0]
+
+    at_the_limit = settings_for(pg_cluster.url(), pool_size=allowed - 10, pool_max_overflow=10)
+    _check_connection_budget(at_the_limit, 1)  # no exit
+    assert capsys.readouterr().err == ""

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -69,7 +70,9 @@ class Settings(BaseSettings):
     # 1 MiB holds the longest post (100,000 characters) in UTF-8, and with JSON's \uXXXX
     # escapes for characters of the BMP; 100,000 escaped emoji (1.2 MB) need a larger limit.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    cors_origins: list[str] = Field(default_factory=list)
+    # A JSON list; decoded by `_json_list` (not by pydantic-settings, whose error on a value
+    # that is not JSON would be a traceback naming no setting).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Failed logins: after this many for one username or one client address within the
     # window, further attempts get 429 until the window passes. REDIS_URL shares the counts
     # between processes; without it they are per process.
@@ -148,6 +151,16 @@ class Settings(BaseSettings):
         # HS256 with a short key is guessable offline from one token (RFC 7518: >= 256 bits)
         if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _json_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('not a JSON list (e.g. ["https://app.example"])') from None
         return value
 
     @field_validator("log_level", mode="before")

@@ -604,3 +604,43 @@ async def test_registrations_are_limited_per_address(backend: Backend, state: Ap
             assert (await second.post("/users", json=body("reg3"))).status_code == 201
     finally:
         await own.throttle.close()
+
+
+REGISTER_LIMIT = 3  # REGISTER_MAX_PER_MINUTE in the next test
+
+
+def registration(name: str) -> dict[str, str]:
+    return {"username": name, "email": f"{name}@example.com", "password": "password123"}
+
+
+async def test_registration_limits_are_shared_between_app_instances(
+    throttled: Throttled,
+) -> None:
+    """The registration limit across app instances (as across `serve`'s worker processes).
+    REGISTER_MAX_PER_MINUTE=3 on two app instances: three registrations from one address
+    through the first, then a fourth through the second is 429 with Redis or the database
+    holding the counts, and 201 with each instance counting in its memory. A fifth through the
+    first is 429 either way: the limit is on, and what the second answered was its counts."""
+    throttled.overrides["register_max_per_minute"] = REGISTER_LIMIT
+    first, second = throttled.new_app(), throttled.new_app()
+    address = throttled.address()
+    for n in range(REGISTER_LIMIT):
+        created = await throttled.client(address, app=first).post(
+            "/users", json=registration(throttled.username(f"reg{n}"))
+        )
+        assert created.status_code == 201, created.text
+
+    fourth = await throttled.client(address, app=second).post(
+        "/users", json=registration(throttled.username("reg_second"))
+    )
+    if throttled.kind in ("redis", "database"):
+        assert fourth.status_code == 429, fourth.text
+        assert fourth.json() == {"detail": "Too many registrations; try again later"}
+        assert 1 <= int(fourth.headers["retry-after"]) <= 60
+    else:
+        assert fourth.status_code == 201, fourth.text
+
+    fifth = await throttled.client(address, app=first).post(
+        "/users", json=registration(throttled.username("reg_first"))
+    )
+    assert fifth.status_code == 429, fifth.text

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, literal_column, select, text
 from sqlalchemy.engine import URL, make_url
 
@@ -100,6 +101,38 @@ async def test_app_connections_have_each_backends_settings(
         answer = await link.row(statement)
     assert answer is not None
     assert tuple(str(value) for value in answer) == expected
+
+
+# What bounds a statement, per backend (the question, and its answer for STATEMENT_TIMEOUT_MS
+# 5000 and 0): PostgreSQL's statement_timeout; MariaDB's max_statement_time, in seconds (0: no
+# bound; this server's global is 0); SQLite has no statement bound, its one bound on a wait is
+# SQLITE_BUSY_TIMEOUT_MS, which the setting leaves as it is.
+STATEMENT_BOUND: dict[str, tuple[Statement, dict[int, str]]] = {
+    "postgresql": (
+        Statement(lambda: select(literal_column("current_setting('statement_timeout')"))),
+        {5000: "5s", 0: "0"},
+    ),
+    "mariadb": (
+        Statement(lambda: select(literal_column("@@session.max_statement_time"))),
+        {5000: "5.0", 0: "0.0"},
+    ),
+    "sqlite": (Statement(lambda: text("PRAGMA busy_timeout")), {5000: "5000", 0: "5000"}),
+}
+
+
+@pytest.mark.parametrize("timeout_ms", [5000, 0])
+async def test_statement_timeout_ms_bounds_the_app_connections_and_0_none(
+    backend: Backend, timeout_ms: int
+) -> None:
+    """STATEMENT_TIMEOUT_MS, asked of the server on the app's own connection: 5000 is the
+    session's bound (PostgreSQL `5s`, MariaDB 5 s), and 0 leaves none (PostgreSQL `0`, MariaDB
+    0). SQLite bounds no statement: its busy timeout stays SQLITE_BUSY_TIMEOUT_MS either way."""
+    statement, expected = STATEMENT_BOUND[backend.name]
+    settings = settings_for(backend.url, statement_timeout_ms=timeout_ms)
+    async with database(settings) as db, db.reader() as link:
+        answer = await link.value(statement)
+    shown = str(float(answer)) if backend.name == "mariadb" else str(answer)
+    assert shown == expected[timeout_ms]
 
 
 # ---------------------------------------------------------------------------- reads

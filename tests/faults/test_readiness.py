@@ -690,3 +690,50 @@ async def test_the_ping_ends_without_a_statement_timeout(
             api.client.get("/users/count"), "the first read after", on_hang=fault.proxy.cut
         )
         assert response.status_code == 200, response.text
+
+
+# POOL_PING_AFTER_IDLE=0: a pooled connection is pinged before every use, however briefly it
+# sat idle. The faults are the idle-connection faults above where the driver is not told that
+# its connection died (so that only a ping can save the next request): PostgreSQL terminated
+# behind a network that lost the goodbye, and MariaDB's KILL CONNECTION.
+# `test_control_a_dead_connection_not_yet_due_for_a_ping` (POOL_PING_AFTER_IDLE=60) shows the
+# same sequence answering 503 without the ping.
+UNTOLD = [
+    pytest.param("pg_terminated_silently", marks=pytest.mark.postgres, id="pg-silently"),
+    pytest.param("mariadb_killed", marks=pytest.mark.mariadb, id="mariadb-killed"),
+]
+
+
+@pytest.fixture(params=UNTOLD)
+def untold(request: pytest.FixtureRequest) -> IdleFault:
+    """A way to kill the app's connection that its driver does not notice while idle."""
+    found: IdleFault = request.getfixturevalue(request.param)
+    return found
+
+
+async def test_pool_ping_after_idle_0_pings_a_connection_before_every_use(
+    untold: IdleFault,
+) -> None:
+    """POOL_PING_AFTER_IDLE=0, POOL_SIZE=1: the app's only connection is killed from outside
+    right after a request, with no idle wait, once while the data path holds it between units
+    of work and once after it went back to SQLAlchemy's pool. Each time the very next request
+    is 200: the ping before its use found the connection dead and a new one served. With the
+    ping due only after an idle time (the control's 60 s) that request is a 503."""
+    settings = settings_for(
+        untold.url,
+        pool_size=1,
+        pool_max_overflow=0,
+        pool_ping_after_idle=0,
+        db_connect_timeout=0.5,  # the data path's ping waits this long for an answer
+        statement_timeout_ms=500,  # asyncpg's command_timeout 2.5 s: bounds SQLAlchemy's ping
+    )
+    async with in_process_app(settings, untold.proxy) as api:
+        first = await ends_within(api.client.get("/users/count"), "a read")
+        assert first.status_code == 200, first.text
+        for where in ("held", "pooled"):
+            if where == "pooled":
+                await api.state.db.release_idle()
+            killed = await untold.kill()
+            assert len(killed) == 1, f"the app's one connection ({where}): {killed}"
+            response = await ends_within(api.client.get("/users/count"), f"the read ({where})")
+            assert response.status_code == 200, f"{where}: {response.status_code} {response.text}"
