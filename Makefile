@@ -43,8 +43,11 @@ $(PGBOUNCER):
 	-command -v apt-get >/dev/null && (apt-get install -y --no-install-recommends pgbouncer \
 		|| (apt-get update && apt-get install -y --no-install-recommends pgbouncer))
 
+# Two processes (pytest-xdist), a test module's tests together in one: each process has its own
+# databases, schema and throwaway cluster. TEST_WORKERS=0 runs in this process alone.
+TEST_WORKERS ?= 2
 pytest: $(STAMP) | $(CHROMIUM) $(PGBOUNCER)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
