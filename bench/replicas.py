@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_code = 0
     try:
         try:
-            cluster = create_cluster("abbench")
+            cluster = create_cluster("abbench", synchronous_commit=True)
         except ToolingMissing as exc:
             raise BenchError(f"a throwaway cluster is needed: {exc}", 2) from None
         pg = Pg(port=cluster.port)

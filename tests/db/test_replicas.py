@@ -15,6 +15,7 @@ import asyncio
 
 import asyncpg
 import httpx
+import pytest
 from sqlalchemy import insert
 
 from asyncblog.config import Settings
@@ -97,10 +98,15 @@ async def test_a_client_that_wrote_nothing_reads_the_lagging_replica(pg_replica:
             raise AssertionError("the replica never caught up")
 
 
-async def test_a_clients_own_write_is_visible_on_its_next_read(pg_replica: Replica) -> None:
+@pytest.mark.parametrize("synchronous_commit", ["off", "on"])
+async def test_a_clients_own_write_is_visible_on_its_next_read(
+    pg_replica: Replica, synchronous_commit: str
+) -> None:
     """Twenty write-then-read cycles, each read right after its write: zero stale reads. The
     replica lags 1.5 s, so each read either waited for it or went to the primary; another
-    client, with no position, may still read the replica's older state."""
+    client, with no position, may still read the replica's older state. Whether commits wait
+    for the WAL flush (on) or not (off), the position answered holds the write."""
+    await pg_replica.primary.set_default("synchronous_commit", synchronous_commit)
     async with in_process_app(replicated(pg_replica)) as api:
         body = {"username": "writer", "email": "writer@example.com", "password": "password123"}
         registered = await api.client.post("/users", json=body)
