@@ -41,6 +41,7 @@ logger = logging.getLogger("asyncblog.throttle")
 USERNAME = re.compile(USERNAME_PATTERN)
 MEMORY_KEYS = 100_000  # in-process counts kept at most (oldest dropped first)
 REDIS_CONNECTIONS = 16
+REDIS_TIMEOUT = 5.0  # a Redis that has not answered by then is taken for down: fail open
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +146,15 @@ class RedisCounter:
 
         # A bounded pool that waits for a free connection: redis-py's default opens one per
         # concurrent call, and a flood of attempts would then time out connecting, which the
-        # throttle takes for an outage and lets through (seen: 199 of 500 at once).
+        # throttle takes for an outage and lets through (seen: 199 of 500 at once). Its
+        # timeouts are the event loop's, which a flood keeps busy: at 1 s, 500 attempts at once
+        # on a loaded box timed some connects out and let 16 more guesses through.
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=REDIS_CONNECTIONS,
-            timeout=5.0,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
+            timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
         )
         self.redis = Redis(connection_pool=pool)
         self._reserve = self.redis.register_script(_RESERVE)

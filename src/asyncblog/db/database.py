@@ -41,7 +41,7 @@ from asyncblog.db import consistency
 from asyncblog.db.admission import Admission
 from asyncblog.db.engine import SQLITE_BEGIN_OPTION, create_engine, in_transaction
 from asyncblog.db.errors import connection_lost, translate
-from asyncblog.db.statements import Statement
+from asyncblog.db.statements import Compiled, Statement
 from asyncblog.db.tracing import SYSTEMS, instrument_engine, statement_span
 from asyncblog.errors import ServiceError, Unavailable
 from asyncblog.metrics import REPLICA_READS, REPLICA_WAIT
@@ -237,9 +237,17 @@ class Reader:
         a test's outer transaction."""
         return self._depth == 0 and self._joined
 
+    def _compiled(self, statement: Statement) -> Compiled:
+        """A Reader runs no statement that writes: it may be a replica's, or in a transaction
+        that is not the write's (a write taken for a read fails here, in every test of it)."""
+        compiled = statement.compiled(self.dialect)
+        if compiled.writes:
+            raise TypeError(f"a statement that writes went through a Reader: {compiled.sql[:80]}")
+        return compiled
+
     async def rows(self, statement: Statement, **params: Any) -> list[tuple[Any, ...]]:
         """All rows of `statement`, converted by the column types."""
-        compiled = statement.compiled(self.dialect)
+        compiled = self._compiled(statement)
         args = compiled.args(params)
         if self._on_its_own():
             async with self._transaction():
@@ -254,7 +262,7 @@ class Reader:
 
     async def value(self, statement: Statement, **params: Any) -> Any:
         """The first column of the first row (None without a row)."""
-        compiled = statement.compiled(self.dialect)
+        compiled = self._compiled(statement)
         if any(compiled.results) or self._on_its_own():
             rows = await self.rows(statement, **params)
             return rows[0][0] if rows else None
@@ -288,6 +296,9 @@ class Writer(Reader):
     statements into a transaction; the statements that write take a Writer."""
 
     __slots__ = ()
+
+    def _compiled(self, statement: Statement) -> Compiled:
+        return statement.compiled(self.dialect)
 
     async def count(self, statement: Statement, **params: Any) -> int:
         """Run a write (an UPDATE, a DELETE); how many rows it changed."""

@@ -29,6 +29,7 @@ class Compiled:
     binds: tuple[Processor, ...]
     results: tuple[Processor, ...]
     defaults: Mapping[str, Any]  # values the statement carries itself (a literal LIMIT)
+    writes: bool  # an INSERT, UPDATE or DELETE, or a SELECT over one (a data-modifying WITH)
 
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         defaults = self.defaults
@@ -114,4 +115,7 @@ def _compile(statement: Executable, dialect: Dialect) -> Compiled:
     ]:
         if default is not None and default.is_scalar:
             defaults[column.key] = default.arg
-    return Compiled(compiled.string, names, binds, results, defaults)
+    writes = bool(compiled.isinsert or compiled.isupdate or compiled.isdelete) or any(
+        getattr(cte.element, "is_dml", False) for cte in compiled.ctes or ()
+    )
+    return Compiled(compiled.string, names, binds, results, defaults, writes)
