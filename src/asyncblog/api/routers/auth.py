@@ -3,20 +3,15 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from asyncblog.api.deps import CurrentCaller, auth_of, client_address
-from asyncblog.api.overrides import OVERRIDES
-from asyncblog.api.responses import COMMON_RESPONSES, NO_STORE, errors
+from asyncblog.api.responses import NO_STORE, errors
+from asyncblog.api.routing import service_router
 from asyncblog.schemas import LogoutRequest, RefreshRequest, Token
 
-router = APIRouter(
-    prefix="/auth",
-    tags=["auth"],
-    responses=COMMON_RESPONSES,
-    dependency_overrides_provider=OVERRIDES,
-)
+router = service_router(prefix="/auth", tags=["auth"])
 
 
 async def password_form(**fields: Any) -> OAuth2PasswordRequestForm:

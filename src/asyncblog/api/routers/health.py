@@ -2,17 +2,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response, status
+from fastapi import Response, status
 from fastapi.responses import JSONResponse
 
 from asyncblog.api.deps import State
-from asyncblog.api.overrides import OVERRIDES
-from asyncblog.api.responses import COMMON_RESPONSES
+from asyncblog.api.routing import service_router
 from asyncblog.schemas import Health, Readiness
 
-router = APIRouter(
-    tags=["operations"], responses=COMMON_RESPONSES, dependency_overrides_provider=OVERRIDES
-)
+router = service_router(tags=["operations"])
 
 
 @router.get("/healthz", response_model=Health)

@@ -2,16 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Request, Response, status
+from fastapi import Header, Path, Request, Response, status
 
 from asyncblog.api.deps import Claims, CurrentAdmin, CurrentCaller, PageParams, transfers_of
-from asyncblog.api.overrides import OVERRIDES
-from asyncblog.api.responses import COMMON_RESPONSES, errors
+from asyncblog.api.responses import errors
+from asyncblog.api.routing import service_router
 from asyncblog.schemas import Deposit, TransferCreate, TransferView
 
-router = APIRouter(
-    tags=["money"], responses=COMMON_RESPONSES, dependency_overrides_provider=OVERRIDES
-)
+router = service_router(tags=["money"])
 
 ERRORS = errors(401, 403, 404, 409, 503)
 UNAUTHORIZED = errors(401)

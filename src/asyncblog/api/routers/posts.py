@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import Path, Query, Request, Response, status
 
 from asyncblog.api.deps import (
     Claims,
@@ -12,23 +12,17 @@ from asyncblog.api.deps import (
     expected_version,
     posts_of,
 )
-from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import (
-    COMMON_RESPONSES,
     ETAG_HEADER,
     PRECONDITION_FAILED,
     errors,
     versioned,
 )
+from asyncblog.api.routing import service_router
 from asyncblog.db.types import MAX_ID
 from asyncblog.schemas import PostCreate, PostUpdate, PostView, PostWithAuthor
 
-router = APIRouter(
-    prefix="/posts",
-    tags=["posts"],
-    responses=COMMON_RESPONSES,
-    dependency_overrides_provider=OVERRIDES,
-)
+router = service_router(prefix="/posts", tags=["posts"])
 
 PostId = Annotated[int, Path(description="A post id")]
 ERRORS = errors(401, 403, 404)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import Path, Request, Response, status
 
 from asyncblog.api.deps import (
     Bulk,
@@ -16,15 +16,14 @@ from asyncblog.api.deps import (
     expected_version,
     users_of,
 )
-from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import (
-    COMMON_RESPONSES,
     ETAG_HEADER,
     PRECONDITION_FAILED,
     errors,
     json_bytes,
     versioned,
 )
+from asyncblog.api.routing import service_router
 from asyncblog.schemas import (
     BulkConflict,
     BulkCreated,
@@ -43,12 +42,7 @@ from asyncblog.schemas import (
     UserUpdate,
 )
 
-router = APIRouter(
-    prefix="/users",
-    tags=["users"],
-    responses=COMMON_RESPONSES,
-    dependency_overrides_provider=OVERRIDES,
-)
+router = service_router(prefix="/users", tags=["users"])
 
 UserId = Annotated[int, Path(description="A user id")]
 ERRORS = errors(401, 403, 404)
@@ -132,12 +126,7 @@ async def delete_user(user_id: UserId, caller: CurrentCaller, request: Request) 
 
 
 # ---------------------------------------------------------------------- bulk (admin only)
-bulk = APIRouter(
-    prefix="/users/bulk",
-    tags=["users: bulk"],
-    responses=COMMON_RESPONSES,
-    dependency_overrides_provider=OVERRIDES,
-)
+bulk = service_router(prefix="/users/bulk", tags=["users: bulk"])
 
 
 @bulk.post(
