@@ -640,7 +640,8 @@ async def test_serve_runs_uvicorn_with_uvloop_and_httptools(
 ) -> None:
     """`serve` hands uvicorn the app factory with uvloop, httptools, no access log (the
     middleware logs requests when asked) and SHUTDOWN_TIMEOUT as the graceful shutdown; it
-    binds 127.0.0.1:8000 unless told otherwise, and `--host`/`--port` are what it binds."""
+    binds 127.0.0.1:8000 with one worker unless told otherwise, and `--host`/`--port`/`--workers`
+    are what it runs."""
     url = f"sqlite+aiosqlite:///{sqlite_file}"
     done(await asyncio.to_thread(invoke, "serve", "--no-migrate", database_url=url))
     done(
@@ -652,6 +653,8 @@ async def test_serve_runs_uvicorn_with_uvloop_and_httptools(
             "127.0.0.2",
             "--port",
             "9001",
+            "--workers",
+            "3",
             database_url=url,
             SHUTDOWN_TIMEOUT="7",
         )
@@ -676,6 +679,7 @@ async def test_serve_runs_uvicorn_with_uvloop_and_httptools(
         **expected,
         "host": "127.0.0.2",
         "port": 9001,
+        "workers": 3,
         "timeout_graceful_shutdown": 7,
     }
     # what uvicorn is told to load is there (it would fail at start otherwise)
