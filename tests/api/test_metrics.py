@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from tests.fixtures.app import Api
-from tests.fixtures.metrics import Scrape, scrape
+from tests.fixtures.metrics import Scrape, counted, scrape
 
 USER_ROUTE = "/users/{user_id}"
 
@@ -36,6 +36,12 @@ async def metered(state: AppState, **settings: Any) -> AsyncIterator[Api]:
 
 
 async def test_metrics_are_off_unless_asked_for(client: httpx.AsyncClient) -> None:
+    """Off: no /metrics, and requests are not measured (this process's request counter for the
+    route does not move, as it does when on: the next test)."""
+    before = counted("http_requests_total", method="GET", route="/users/count", status="200")
+    assert (await client.get("/users/count")).status_code == 200
+    after = counted("http_requests_total", method="GET", route="/users/count", status="200")
+    assert after == before
     response = await client.get("/metrics")
     assert response.status_code == 404
     spec = (await client.get("/openapi.json")).json()
