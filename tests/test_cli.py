@@ -541,6 +541,8 @@ def test_serve_migrates_answers_and_stops_on_sigterm(
     assert "Traceback" not in output
     assert "password123" not in output
     assert "$argon2" not in output
+    # no access log by default: neither uvicorn's line per request nor the middleware's
+    assert "/healthz" not in output and "/auth/token" not in output, output
 
 
 def test_serve_at_a_terminal_prints_readable_lines_and_where_to_go(
