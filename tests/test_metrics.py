@@ -39,7 +39,7 @@ def served_by_pid(directory: Path) -> dict[int, float]:
     counts = {}
     for path in directory.glob("counter_*.db"):
         total = 0.0
-        for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(path)):
+        for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(path)):  # type: ignore[no-untyped-call]
             if "http_requests_total" in key and USER_ROUTE in key:
                 total += value
         counts[int(path.stem.rsplit("_", 1)[1])] = total

@@ -77,7 +77,7 @@ def test_make_test_runs_ruff_check_ruff_format_check_strict_mypy_and_pytest() ->
     assert not missing, f"`make -n test` runs no {missing}:\n{dry.stdout}"
     mypy = tomllib.loads(PYPROJECT.read_text())["tool"]["mypy"]
     assert mypy["strict"] is True  # `mypy` with no flag is `mypy --strict`
-    assert "src/asyncblog" in mypy["files"]
+    assert {"src/asyncblog", "tests"} <= set(mypy["files"])  # the package and the tests
 
 
 # ---------------------------------------------------------------------------- collection

@@ -251,7 +251,7 @@ async def test_sane_client_request_id_is_echoed(api: Api, sane: str) -> None:
     ],
 )
 async def test_unsafe_client_request_id_is_replaced(api: Api, insane: str) -> None:
-    response = await api.client.get("/healthz", headers={"X-Request-ID": insane.encode("latin-1")})
+    response = await api.client.get("/healthz", headers={b"X-Request-ID": insane.encode("latin-1")})
     echoed = response.headers.get_list("X-Request-ID")
     assert len(echoed) == 1
     assert echoed[0] != insane

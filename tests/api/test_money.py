@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -532,7 +534,9 @@ async def test_an_ended_token_moves_no_money(api: Api) -> None:
     is 401, and nothing moves."""
     _, admin = await api.admin()
     recipient = await api.register()
-    endings = {
+    endings: dict[
+        str, Callable[[dict[str, Any], dict[str, str]], Coroutine[Any, Any, httpx.Response]]
+    ] = {
         "logout all": lambda user, auth: api.client.post(
             "/auth/logout", json={"all": True}, headers=auth
         ),

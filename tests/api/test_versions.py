@@ -50,7 +50,8 @@ async def new_post(api: Api, headers: dict[str, str]) -> httpx.Response:
 
 
 def etag(response: httpx.Response) -> str | None:
-    return response.headers.get("etag")
+    value: str | None = response.headers.get("etag")
+    return value
 
 
 # ------------------------------------------------------------------------ versions and ETags

@@ -34,6 +34,7 @@ async def test_a_move_that_cannot_debit_commits_nothing(api: Api, state: AppStat
     }
     async with state.db.session() as session:
         version = await session.scalar(select(User.token_version).where(User.id == sender["id"]))
+    assert version is not None
     refused = False
     async with state.db.writer() as link:
         try:

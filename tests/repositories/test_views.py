@@ -127,11 +127,11 @@ async def test_the_database_renders_what_pydantic_renders(
                     {**base.model_dump(), "posts": post_views, "posts_total": len(rows)},
                 )
                 assert await user_document(link, user.id, private=private) == expected
-            for private, view in ((False, UserPublic), (True, UserPrivate)):
+            for private, page_view in ((False, UserPublic), (True, UserPrivate)):
                 page = await user_page(
                     link, skip=0, limit=100, after_id=user.id - 1, private=private
                 )
-                assert page == dump(view, [stored], many=True)
+                assert page == dump(page_view, [stored], many=True)
             if first_user_id is not None:
                 assert await user_page(
                     link, skip=0, limit=1, after_id=first_user_id, private=False

@@ -8,6 +8,7 @@ deadlock to retry, so neither should ever happen at this load.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -64,8 +65,11 @@ async def test_random_concurrent_transfers_keep_every_invariant(live_api: Api) -
             to = rng.choice(users)
             credited[len(calls)] = to
             calls.append(
-                lambda to=to: live_api.client.post(
-                    f"/admin/users/{to.id}/deposit", json={"amount": "5.00"}, headers=admin
+                functools.partial(
+                    live_api.client.post,
+                    f"/admin/users/{to.id}/deposit",
+                    json={"amount": "5.00"},
+                    headers=admin,
                 )
             )
             deposits += Decimal("5.00")
@@ -246,8 +250,11 @@ async def test_money_edits_and_deletions_at_once_keep_every_invariant(live_api: 
             add(
                 "deposit",
                 to,
-                lambda to=to: live_api.client.post(
-                    f"/admin/users/{to.id}/deposit", json={"amount": "1.00"}, headers=admin
+                functools.partial(
+                    live_api.client.post,
+                    f"/admin/users/{to.id}/deposit",
+                    json={"amount": "1.00"},
+                    headers=admin,
                 ),
             )
         if i % 9 == 0:  # an edit with the version seen at the start: only the first can hold
@@ -255,7 +262,8 @@ async def test_money_edits_and_deletions_at_once_keep_every_invariant(live_api: 
             add(
                 "edit",
                 who,
-                lambda who=who, i=i: live_api.client.patch(
+                functools.partial(
+                    live_api.client.patch,
                     f"/users/{who.id}",
                     json={"username": f"edited_{who.id}_{i}"},
                     headers=who.headers | {"If-Match": f'"{seen_versions[who.id]}"'},
@@ -273,7 +281,7 @@ async def test_money_edits_and_deletions_at_once_keep_every_invariant(live_api: 
         return await live_api.client.delete(f"/users/{leaver.id}", headers=leaver.headers)
 
     for leaver in leavers:
-        add("delete", leaver, lambda leaver=leaver: leave(leaver))
+        add("delete", leaver, functools.partial(leave, leaver))
     add("pay in", leavers[0], transfer_call(live_api, stayers[0], leavers[0], Decimal("0.01")))
 
     async with watching_invariants(live_api.state) as snapshots:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -33,7 +34,7 @@ async def test_of_patches_with_one_if_match_exactly_one_is_made(live_api: Api) -
         "/posts", json={"title": "t0", "content": "c"}, headers=headers
     )
     assert post.status_code == 201
-    targets = {
+    targets: dict[str, Callable[[int, int], dict[str, str]]] = {
         f"/users/{user['id']}": lambda i, r: {"username": f"racer_{r}_{i}"},
         f"/posts/{post.json()['id']}": lambda i, r: {"title": f"title {r} {i}"},
     }
