@@ -50,10 +50,14 @@ def json_lines(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-@pytest.fixture
-async def failing_client(state: AppState) -> AsyncIterator[httpx.AsyncClient]:
-    """The app, with the access log on (a line per request) and a route that fails."""
-    logged = AppState.build(state.settings.model_copy(update={"access_log": True}), state.db)
+@pytest.fixture(params=[True, False], ids=["access-log", "no-access-log"])
+async def failing_client(
+    state: AppState, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[httpx.AsyncClient, bool]]:
+    """The app, with the access log on (a line per request) or off, and a route that fails;
+    and whether the access log is on."""
+    settings = state.settings.model_copy(update={"access_log": request.param})
+    logged = AppState.build(settings, state.db)
     app: FastAPI = create_app(state=logged)
 
     @app.get("/boom")
@@ -62,28 +66,30 @@ async def failing_client(state: AppState) -> AsyncIterator[httpx.AsyncClient]:
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield client
+        yield client, request.param
 
 
 @pytest.mark.parametrize("sent", [CLIENT_ID, None], ids=["client-id", "own-id"])
 async def test_a_500_logs_its_traceback_with_the_request_id(
-    failing_client: httpx.AsyncClient, json_lines: pytest.LogCaptureFixture, sent: str | None
+    failing_client: tuple[httpx.AsyncClient, bool],
+    json_lines: pytest.LogCaptureFixture,
+    sent: str | None,
 ) -> None:
-    """The unhandled error's line is an ERROR of `asyncblog.error` with the traceback; it and
-    the access line carry the response's X-Request-ID (the client's, or one made up)."""
+    """The unhandled error's line is an ERROR of `asyncblog.error` with the traceback, with the
+    access log off too; it and the access line carry the response's X-Request-ID (the
+    client's, or one made up)."""
+    client, access_log = failing_client
     json_lines.clear()
     headers = {"X-Request-ID": sent} if sent else {}
-    response = await failing_client.get("/boom", headers=headers)
+    response = await client.get("/boom", headers=headers)
     assert response.status_code == 500
     rid = response.headers["x-request-id"]
     assert rid == (sent or rid)
     lines = app_lines(json_lines)
-    assert [(record.name, line["level"]) for record, line in lines] == [
-        ("asyncblog.error", "ERROR"),
-        ("asyncblog.access", "INFO"),
-    ]
-    assert [line.get("request_id") for _, line in lines] == [rid, rid]
-    (record, line), _access = lines
+    expected = [("asyncblog.error", "ERROR"), *([("asyncblog.access", "INFO")] * access_log)]
+    assert [(record.name, line["level"]) for record, line in lines] == expected
+    assert [line.get("request_id") for _, line in lines] == [rid] * len(expected)
+    record, line = lines[0]
     assert record.exc_info is not None and record.exc_info[0] is RuntimeError
     assert line["exc"].startswith("Traceback (most recent call last)")
     assert "in boom" in line["exc"]
