@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from asyncblog.cli import cli
 from asyncblog.config import Settings
 from asyncblog.db.engine import create_engine
 from tests.fixtures.databases import drop_database, new_database, settings_for
+from tests.fixtures.postgres import free_port
 
 
 def _script() -> str:
@@ -442,13 +442,6 @@ def test_downgrade_to_base_removes_the_tables(
 
 
 # ---------------------------------------------------------------------------- serve
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ import signal
 from pathlib import Path
 
 import httpx
-from prometheus_client.mmap_dict import MmapedDict
 
 from tests.fixtures.cluster import PgDatabase, free_port
-from tests.fixtures.metrics import Scrape, scrape
+from tests.fixtures.metrics import Scrape, counted_by_pid, scrape
 from tests.fixtures.servers import ServerProcess, serving
 
 USER_ROUTE = "/users/{user_id}"
@@ -36,14 +35,7 @@ def workers_of(server: ServerProcess) -> set[int]:
 
 def served_by_pid(directory: Path) -> dict[int, float]:
     """GET /users/{user_id} answers counted in each process's own file."""
-    counts = {}
-    for path in directory.glob("counter_*.db"):
-        total = 0.0
-        for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(path)):  # type: ignore[no-untyped-call]
-            if "http_requests_total" in key and USER_ROUTE in key:
-                total += value
-        counts[int(path.stem.rsplit("_", 1)[1])] = total
-    return counts
+    return counted_by_pid(directory, "http_requests_total", USER_ROUTE)
 
 
 async def spread_requests(base: str, user_id: int, directory: Path, workers: set[int]) -> int:

@@ -19,13 +19,13 @@ import asyncpg
 import httpx
 import pytest
 import typer
-from prometheus_client.mmap_dict import MmapedDict
 
 from asyncblog.cli import _check_connection_budget
 from tests.fixtures.cluster import Cluster, PgDatabase
 from tests.fixtures.databases import settings_for
 from tests.fixtures.faults import assert_created_are_recorded, assert_invariants, members
 from tests.fixtures.ledger import ledger_mismatches, ledger_rows
+from tests.fixtures.metrics import counted_by_pid
 from tests.fixtures.pgbouncer import Bouncer
 from tests.fixtures.replica import Replica
 from tests.fixtures.servers import serving
@@ -158,15 +158,7 @@ async def test_login_limits_hold_across_workers_without_redis(
 
 def logins_by_pid(directory: Path) -> dict[int, float]:
     """Password logins (any outcome) counted in each worker's metrics file."""
-    found: dict[int, float] = {}
-    for path in directory.glob("counter_*.db"):
-        total = 0.0
-        values = MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
-        for key, value, _ts, _pos in values:
-            if "asyncblog_logins_total" in key:
-                total += value
-        found[int(path.stem.rsplit("_", 1)[1])] = total
-    return found
+    return counted_by_pid(directory, "asyncblog_logins_total")
 
 
 async def connection_numbers(cluster: Cluster) -> tuple[int, int]:
