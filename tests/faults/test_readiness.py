@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool
 
 from asyncblog import migrations
+from asyncblog.config import Settings
 from asyncblog.db.database import Database
 from tests.fixtures.app import Api
 from tests.fixtures.cluster import APP_NAME, Cluster, PgDatabase
@@ -99,12 +100,8 @@ def pg_behind(pg_database: PgDatabase, proxy: FaultProxy) -> Behind:
 @pytest.fixture
 async def mariadb_behind(mariadb: MariaDb) -> AsyncIterator[Behind]:
     """The same proxy in front of the MariaDB server."""
-    proxy = FaultProxy(mariadb.url.port or 3306)
-    await proxy.start()
-    try:
+    async with FaultProxy(mariadb.url.port or 3306) as proxy:
         yield Behind("mariadb", mariadb.url.set(port=proxy.port), mariadb.engine, proxy)
-    finally:
-        await proxy.close()
 
 
 BEHIND = [
@@ -505,12 +502,8 @@ class SilentProxy(FaultProxy):
 
 @pytest.fixture
 async def silent_proxy(pg_cluster: Cluster) -> AsyncIterator[SilentProxy]:
-    p = SilentProxy(pg_cluster.port)
-    await p.start()
-    try:
+    async with SilentProxy(pg_cluster.port) as p:
         yield p
-    finally:
-        await p.close()
 
 
 @dataclass
@@ -568,11 +561,10 @@ def mariadb_killed(mariadb: MariaDb) -> IdleFault:
     )
 
 
-IDLE_FAULTS = [
-    pytest.param("pg_terminated", marks=pytest.mark.postgres, id="pg-terminated"),
-    pytest.param("pg_terminated_silently", marks=pytest.mark.postgres, id="pg-silently"),
-    pytest.param("mariadb_killed", marks=pytest.mark.mariadb, id="mariadb-killed"),
-]
+PG_TERMINATED = pytest.param("pg_terminated", marks=pytest.mark.postgres, id="pg-terminated")
+PG_SILENTLY = pytest.param("pg_terminated_silently", marks=pytest.mark.postgres, id="pg-silently")
+MARIADB_KILLED = pytest.param("mariadb_killed", marks=pytest.mark.mariadb, id="mariadb-killed")
+IDLE_FAULTS = [PG_TERMINATED, PG_SILENTLY, MARIADB_KILLED]
 
 
 @pytest.fixture(params=IDLE_FAULTS)
@@ -583,6 +575,36 @@ def idle_fault(request: pytest.FixtureRequest) -> IdleFault:
 
 PING_AFTER = 0.2  # s: POOL_PING_AFTER_IDLE in the test
 IDLE_WAIT = PING_AFTER + 0.1  # s the connection sits idle after it was killed: past the setting
+
+
+def one_connection(
+    fault: IdleFault, ping_after: float, statement_timeout_ms: int = 500
+) -> Settings:
+    """The app's settings for the idle-connection tests: POOL_SIZE=1 (its only connection is
+    the one killed) and POOL_PING_AFTER_IDLE=`ping_after`."""
+    return settings_for(
+        fault.url,
+        pool_size=1,
+        pool_max_overflow=0,
+        pool_ping_after_idle=ping_after,
+        db_connect_timeout=0.5,  # the data path's ping waits this long for an answer
+        # 500: asyncpg's command_timeout 2.5 s, which bounds SQLAlchemy's ping
+        statement_timeout_ms=statement_timeout_ms,
+    )
+
+
+async def kill_its_connection(api: Api, fault: IdleFault, where: str) -> None:
+    """Kill the app's one connection from outside: kept by the data path between units of work
+    (`held`), or first given back to SQLAlchemy's pool (`pooled`, as before an ORM session)."""
+    if where == "pooled":
+        await api.state.db.release_idle()
+    killed = await fault.kill()
+    assert len(killed) == 1, f"the app's one connection ({where}): {killed}"
+
+
+async def first_read(api: Api) -> None:
+    first = await ends_within(api.client.get("/users/count"), "a read")
+    assert first.status_code == 200, first.text
 
 
 @pytest.mark.parametrize("where", ["held", "pooled"])
@@ -596,21 +618,9 @@ async def test_a_connection_idle_past_pool_ping_after_idle_is_pinged_before_use(
 
     The wait is on the clock (`IDLE_WAIT`): the ping is due only once the connection has sat
     idle that long, and nothing else signals it."""
-    settings = settings_for(
-        idle_fault.url,
-        pool_size=1,
-        pool_max_overflow=0,
-        pool_ping_after_idle=PING_AFTER,
-        db_connect_timeout=0.5,  # the data path's ping waits this long for an answer
-        statement_timeout_ms=500,  # asyncpg's command_timeout 2.5 s: bounds SQLAlchemy's ping
-    )
-    async with in_process_app(settings, idle_fault.proxy) as api:
-        first = await ends_within(api.client.get("/users/count"), "a read")
-        assert first.status_code == 200, first.text
-        if where == "pooled":
-            await api.state.db.release_idle()
-        killed = await idle_fault.kill()
-        assert len(killed) == 1, f"the app's one connection: {killed}"
+    async with in_process_app(one_connection(idle_fault, PING_AFTER), idle_fault.proxy) as api:
+        await first_read(api)
+        await kill_its_connection(api, idle_fault, where)
         await asyncio.sleep(IDLE_WAIT)
 
         response = await ends_within(api.client.get("/users/count"), "the first read after")
@@ -634,21 +644,9 @@ async def test_control_a_dead_connection_not_yet_due_for_a_ping(
       dropped and the next request is 200.
 
     So where the driver is not told, only the ping saves the first request."""
-    settings = settings_for(
-        idle_fault.url,
-        pool_size=1,
-        pool_max_overflow=0,
-        pool_ping_after_idle=60,
-        db_connect_timeout=0.5,
-        statement_timeout_ms=500,
-    )
-    async with in_process_app(settings, idle_fault.proxy) as api:
-        first = await ends_within(api.client.get("/users/count"), "a read")
-        assert first.status_code == 200, first.text
-        if where == "pooled":
-            await api.state.db.release_idle()
-        killed = await idle_fault.kill()
-        assert len(killed) == 1, f"the app's one connection: {killed}"
+    async with in_process_app(one_connection(idle_fault, 60), idle_fault.proxy) as api:
+        await first_read(api)
+        await kill_its_connection(api, idle_fault, where)
         await asyncio.sleep(IDLE_WAIT)
 
         response = await ends_within(api.client.get("/users/count"), "the first read after")
@@ -669,21 +667,11 @@ async def test_the_ping_ends_without_a_statement_timeout(
     request be served (200), not hang: the data path's own ping (`held`) waits
     DB_CONNECT_TIMEOUT; SQLAlchemy's (`pooled`) has no bound of its own."""
     fault = pg_terminated_silently
-    settings = settings_for(
-        fault.url,
-        pool_size=1,
-        pool_max_overflow=0,
-        pool_ping_after_idle=PING_AFTER,
-        db_connect_timeout=0.5,
-        statement_timeout_ms=0,
-    )
+    settings = one_connection(fault, PING_AFTER, statement_timeout_ms=0)
     assert fault.proxy is not None
     async with in_process_app(settings, fault.proxy) as api:
-        first = await ends_within(api.client.get("/users/count"), "a read")
-        assert first.status_code == 200, first.text
-        if where == "pooled":
-            await api.state.db.release_idle()
-        assert len(await fault.kill()) == 1
+        await first_read(api)
+        await kill_its_connection(api, fault, where)
         await asyncio.sleep(IDLE_WAIT)
 
         response = await ends_within(
@@ -698,10 +686,7 @@ async def test_the_ping_ends_without_a_statement_timeout(
 # behind a network that lost the goodbye, and MariaDB's KILL CONNECTION.
 # `test_control_a_dead_connection_not_yet_due_for_a_ping` (POOL_PING_AFTER_IDLE=60) shows the
 # same sequence answering 503 without the ping.
-UNTOLD = [
-    pytest.param("pg_terminated_silently", marks=pytest.mark.postgres, id="pg-silently"),
-    pytest.param("mariadb_killed", marks=pytest.mark.mariadb, id="mariadb-killed"),
-]
+UNTOLD = [PG_SILENTLY, MARIADB_KILLED]
 
 
 @pytest.fixture(params=UNTOLD)
@@ -719,21 +704,9 @@ async def test_pool_ping_after_idle_0_pings_a_connection_before_every_use(
     of work and once after it went back to SQLAlchemy's pool. Each time the very next request
     is 200: the ping before its use found the connection dead and a new one served. With the
     ping due only after an idle time (the control's 60 s) that request is a 503."""
-    settings = settings_for(
-        untold.url,
-        pool_size=1,
-        pool_max_overflow=0,
-        pool_ping_after_idle=0,
-        db_connect_timeout=0.5,  # the data path's ping waits this long for an answer
-        statement_timeout_ms=500,  # asyncpg's command_timeout 2.5 s: bounds SQLAlchemy's ping
-    )
-    async with in_process_app(settings, untold.proxy) as api:
-        first = await ends_within(api.client.get("/users/count"), "a read")
-        assert first.status_code == 200, first.text
+    async with in_process_app(one_connection(untold, 0), untold.proxy) as api:
+        await first_read(api)
         for where in ("held", "pooled"):
-            if where == "pooled":
-                await api.state.db.release_idle()
-            killed = await untold.kill()
-            assert len(killed) == 1, f"the app's one connection ({where}): {killed}"
+            await kill_its_connection(api, untold, where)
             response = await ends_within(api.client.get("/users/count"), f"the read ({where})")
             assert response.status_code == 200, f"{where}: {response.status_code} {response.text}"
