@@ -221,12 +221,11 @@ async def test_the_hot_routes_are_one_statement_each(
     assert operations(finished, "/posts") == ["INSERT"]
 
 
-async def test_the_transfer_locks_both_rows_in_id_order_for_the_update_only(
-    backend: Backend, traced_api: Api, spans: InMemorySpanExporter
-) -> None:
-    """PostgreSQL takes FOR NO KEY UPDATE (a login may insert a refresh token for the user
-    meanwhile), MariaDB FOR UPDATE, SQLite nothing (BEGIN IMMEDIATE took the write lock)."""
-    api = traced_api
+async def one_transfer(
+    api: Api, spans: InMemorySpanExporter
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """A funded sender, then (the spans cleared) one transfer of 1.00 from it, answered 201;
+    the admin's headers and the sender."""
     _, admin = await api.admin()
     sender, auth = await api.user()
     recipient = await api.register()
@@ -234,6 +233,16 @@ async def test_the_transfer_locks_both_rows_in_id_order_for_the_update_only(
     spans.clear()
     body = {"to_user_id": recipient["id"], "amount": "1.00"}
     assert (await api.client.post("/transfers", json=body, headers=auth)).status_code == 201
+    return admin, sender
+
+
+async def test_the_transfer_locks_both_rows_in_id_order_for_the_update_only(
+    backend: Backend, traced_api: Api, spans: InMemorySpanExporter
+) -> None:
+    """PostgreSQL takes FOR NO KEY UPDATE (a login may insert a refresh token for the user
+    meanwhile), MariaDB FOR UPDATE, SQLite nothing (BEGIN IMMEDIATE took the write lock)."""
+    api = traced_api
+    await one_transfer(api, spans)
     finished = spans.get_finished_spans()
     sent = statements(descendants(finished, request_span(finished, "/transfers")))
     lock = str((sent[1].attributes or {})["db.query.text"])
@@ -377,13 +386,7 @@ async def test_without_telemetry_nothing_is_traced(
     a transfer (BEGIN, the lock, the move, COMMIT), a read and an ORM bulk import leave no
     span, neither FastAPI's request and operation spans nor one per statement."""
     api = untraced_api
-    _, admin = await api.admin()
-    sender, auth = await api.user()
-    recipient = await api.register()
-    await api.deposit(admin, sender["id"], "5.00")
-    spans.clear()
-    body = {"to_user_id": recipient["id"], "amount": "1.00"}
-    assert (await api.client.post("/transfers", json=body, headers=auth)).status_code == 201
+    admin, sender = await one_transfer(api, spans)
     assert (await api.client.get(f"/users/{sender['id']}")).status_code == 200
     users = [{"username": "untraced", "email": "untraced@example.com", "password": "password123"}]
     bulk = await api.client.post("/users/bulk", json={"users": users}, headers=admin)

@@ -14,14 +14,13 @@ from collections import Counter
 
 import httpx
 
-from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from tests.fixtures.app import empty_tables
 from tests.fixtures.databases import Backend, settings_for
 from tests.fixtures.faults import (
-    GatedHasher,
     assert_invariants,
     ends_within,
+    gated_client,
     lock_user,
     members,
     send,
@@ -115,28 +114,20 @@ async def test_password_hashing_does_not_hold_a_pool_slot(backend: Backend) -> N
     other requests from the database (they would wait and get 503 after POOL_TIMEOUT)."""
     settings = settings_for(backend.url, pool_size=1, pool_max_overflow=1, pool_timeout=0.5)
     state = AppState.build(settings)
-    hasher = GatedHasher(settings)
-    state.hasher = hasher
-    app = create_app(state=state)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with gated_client(state) as (client, hasher):
             hasher.go.set()  # registration and the first logins run freely
             _, (a, _b) = await members(client, backend.engine, 2)
             hasher.go.clear()
             hasher.started.clear()
-            login = asyncio.create_task(
-                client.post("/auth/token", data={"username": a.username, "password": "wrong-pw1"})
-            )
-            await ends_within(asyncio.to_thread(hasher.started.wait, 10), "verify started", 15)
-            assert not login.done()
+            form = {"username": a.username, "password": "wrong-pw1"}
+            login = await hasher.hold(client.post("/auth/token", data=form))
             count = await ends_within(client.get("/users/count"), "a read during a login", 10)
             assert count.status_code == 200, count.text
             hasher.go.set()
             answer = await ends_within(login, "the login", 10)
             assert answer.status_code == 401, answer.text
     finally:
-        hasher.go.set()
         await state.db.dispose()
         await empty_tables(backend.engine)
 

@@ -4,16 +4,12 @@ login was verifying stays changed. On SQLite, PostgreSQL and MariaDB (`api`)."""
 
 from __future__ import annotations
 
-import asyncio
-
-import httpx
 from sqlalchemy import text
 
-from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from tests.fixtures.app import Api
 from tests.fixtures.databases import Backend, settings_for
-from tests.fixtures.faults import GatedHasher, ends_within
+from tests.fixtures.faults import ends_within, gated_client
 
 OLD = "password123"
 NEW = "changed-meanwhile"
@@ -30,30 +26,18 @@ async def test_a_rehash_does_not_undo_a_password_change_made_meanwhile(
     user = await api.register(password=OLD)
     owner = await api.login(user["username"], OLD)
     stronger = settings_for(backend.url, argon2_time_cost=2)
-    state = AppState.build(stronger, api.state.db)
-    hasher = GatedHasher(stronger)
-    state.hasher = hasher
-    transport = httpx.ASGITransport(app=create_app(state=state), raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as upgraded:
-            login = asyncio.create_task(
-                upgraded.post("/auth/token", data={"username": user["username"], "password": OLD})
-            )
-            started = await ends_within(
-                asyncio.to_thread(hasher.started.wait, 10), "the login's verification", 15
-            )
-            assert started and not login.done()
-            changed = await api.client.patch(
-                f"/users/{user['id']}",
-                json={"password": NEW, "current_password": OLD},
-                headers=owner,
-            )
-            assert changed.status_code == 200, changed.text
-            hasher.go.set()
-            answer = await ends_within(login, "the login after its verification", 10)
-            assert answer.status_code == 200, answer.text
-    finally:
+    async with gated_client(AppState.build(stronger, api.state.db)) as (upgraded, hasher):
+        form = {"username": user["username"], "password": OLD}
+        login = await hasher.hold(upgraded.post("/auth/token", data=form))
+        changed = await api.client.patch(
+            f"/users/{user['id']}",
+            json={"password": NEW, "current_password": OLD},
+            headers=owner,
+        )
+        assert changed.status_code == 200, changed.text
         hasher.go.set()
+        answer = await ends_within(login, "the login after its verification", 10)
+        assert answer.status_code == 200, answer.text
 
     async with api.state.db.session() as session:
         stored = await session.scalar(
