@@ -543,50 +543,31 @@ def verdict_on_missing_tooling() -> Verdict:
     raise AssertionError("tooling_unavailable neither skipped nor failed")
 
 
+@pytest.mark.parametrize("ci", [None, "true"], ids=["laptop", "ci"])
 @pytest.mark.parametrize("backend_name", list(CLOSED))
-async def test_an_unreachable_backend_is_a_skip_naming_it_on_a_laptop(
-    backend_name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+async def test_an_unreachable_backend_is_a_skip_on_a_laptop_and_a_failure_under_ci(
+    backend_name: str, ci: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """With `TEST_PG_URL` / `TEST_MARIADB_URL` at a closed port and no `CI`, the backend is
-    skipped with "SKIPPED BACKEND: <backend> at <host>:<port> is not reachable"; the servers at
-    the default addresses are not used. Missing fault tooling (the
-    throwaway cluster, PgBouncer) is a skip too."""
+    """With `TEST_PG_URL` / `TEST_MARIADB_URL` at a closed port the servers at the default
+    addresses are not used, and the backend is skipped with "SKIPPED BACKEND: <backend> at
+    <host>:<port> is not reachable"; with `CI=true` (as `.ci/run` exports) it is a failure
+    instead. Missing fault tooling (the throwaway cluster, PgBouncer) is a skip, or under CI a
+    failure, too."""
+    if ci:
+        assert re.search(r"^export CI=true$", (ROOT / ".ci" / "run").read_text(), re.M)
     port = free_port()
     variable, url = CLOSED[backend_name]
-    copy = databases_under(monkeypatch, **{variable: url.format(port=port), "CI": None})
+    copy = databases_under(monkeypatch, **{variable: url.format(port=port), "CI": ci})
     verdict = await verdict_on_new_database(copy, backend_name, tmp_path)
-    assert verdict.outcome == "skipped", verdict
+    outcome, prefix = ("failed", "CI=true: ") if ci else ("skipped", "SKIPPED BACKEND: ")
+    assert verdict.outcome == outcome, verdict
     where = f"{backend_name} at 127.0.0.1:{port}"
-    assert verdict.reason.startswith(f"SKIPPED BACKEND: {where} is not reachable ("), verdict
+    assert verdict.reason.startswith(f"{prefix}{where} is not reachable ("), verdict
 
     monkeypatch.setattr(cluster, "IN_CI", copy.IN_CI)
     tooling = verdict_on_missing_tooling()
-    assert (tooling.outcome, tooling.reason.startswith("SKIPPED FAULT TESTS: ")) == (
-        "skipped",
-        True,
-    ), tooling
-
-
-async def test_an_unreachable_backend_fails_the_run_under_ci(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """With `CI=true` (as `.ci/run` exports) the same unreachable backend is a failure, not a
-    skip; so is missing fault tooling (`tooling_unavailable`, also PgBouncer's)."""
-    assert re.search(r"^export CI=true$", (ROOT / ".ci" / "run").read_text(), re.M)
-    port = free_port()
-    variable, url = CLOSED["postgresql"]
-    copy = databases_under(monkeypatch, **{variable: url.format(port=port), "CI": "true"})
-    verdict = await verdict_on_new_database(copy, "postgresql", tmp_path)
-    assert verdict.outcome == "failed", verdict
-    where = f"postgresql at 127.0.0.1:{port}"
-    assert verdict.reason.startswith(f"CI=true: {where} is not reachable ("), verdict
-
-    monkeypatch.setattr(cluster, "IN_CI", copy.IN_CI)
-    tooling = verdict_on_missing_tooling()
-    assert (tooling.outcome, tooling.reason.startswith("CI=true: SKIPPED FAULT TESTS: ")) == (
-        "failed",
-        True,
-    ), tooling
+    expected = ("CI=true: " if ci else "") + "SKIPPED FAULT TESTS: "
+    assert (tooling.outcome, tooling.reason.startswith(expected)) == (outcome, True), tooling
 
 
 # ---------------------------------------------------------------------------- overrides
