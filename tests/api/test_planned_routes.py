@@ -1,0 +1,194 @@
+"""`api.routing.PlannedRoute`: the routes resolve their parameters from a plan made once, and
+answer exactly what FastAPI's own handler answers, for good requests and bad ones alike."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from asyncblog.api.app import create_app
+from asyncblog.api.routing import PLANNED, PlannedRoute
+from asyncblog.api.state import AppState
+from asyncblog.config import Settings
+from tests.fixtures.app import Api
+
+# The routes FastAPI still resolves itself, and why: a `yield` dependency (the bulk session),
+# form data (login), a `Response` parameter (refresh sets a cookie), a model returned for
+# FastAPI to render (health, count, bulk).
+FASTAPIS = {
+    ("GET", "/users/count"),
+    ("POST", "/users/bulk"),
+    ("PATCH", "/users/bulk"),
+    ("DELETE", "/users/bulk"),
+    ("POST", "/auth/token"),
+    ("POST", "/auth/refresh"),
+    ("GET", "/healthz"),
+}
+
+
+def _planned(route: PlannedRoute) -> bool:
+    return getattr(route.app, "__qualname__", "").startswith("_planned_app")
+
+
+def test_every_route_that_returns_its_response_is_planned() -> None:
+    app = create_app()
+    routes = [route for route in app.router.routes if isinstance(route, PlannedRoute)]
+    by_kind: dict[bool, set[tuple[str, str]]] = {True: set(), False: set()}
+    for route in routes:
+        for method in route.methods or ():
+            by_kind[_planned(route)].add((method, route.path))
+    assert by_kind[False] == FASTAPIS
+    assert {("GET", "/posts/{post_id}"), ("POST", "/transfers")} <= by_kind[True]
+    assert len(by_kind[True]) == 16
+
+
+def test_with_fastapis_telemetry_every_request_goes_to_fastapi() -> None:
+    assert getattr(create_app(Settings()).state, PLANNED) is True
+    assert getattr(create_app(Settings(telemetry=True)).state, PLANNED) is False
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+# What differs between two answers to the same write: the new row's id and times.
+MASKED = {"id", "created_at", "updated_at", "transfer_id"}
+
+
+def _comparable(response: httpx.Response) -> tuple[int, Any, dict[str, str]]:
+    try:
+        body: Any = response.json()
+    except json.JSONDecodeError:
+        body = response.text
+    if response.status_code in (200, 201) and isinstance(body, dict):
+        body = {key: ("*" if key in MASKED else value) for key, value in body.items()}
+    headers = {
+        name: value
+        for name, value in response.headers.items()
+        if name not in ("x-request-id", "content-length", "etag")
+    }
+    return response.status_code, body, headers
+
+
+async def test_planned_and_fastapi_answer_alike(api: Api, state: AppState) -> None:
+    """Each request is sent to two apps on the same data, one planning (the default) and one
+    whose every request goes to FastAPI's handler: same status, body and headers."""
+    author, auth = await api.user()
+    _, admin = await api.admin()
+    await api.deposit(admin, author["id"], "10.00")
+    other = await api.register()
+    created = await api.client.post("/posts", json={"title": "t", "content": "c"}, headers=auth)
+    post = created.json()
+    user_url = f"/users/{author['id']}"
+    json_type = {"content-type": "application/json"}
+    keys = iter(range(1_000_000))
+
+    def fresh(case: dict[str, Any]) -> dict[str, Any]:
+        """The case with a new idempotency key where it asks for one (`{key}`)."""
+        headers = {
+            name: value.replace("{key}", f"key-{next(keys)}")
+            for name, value in case.get("headers", {}).items()
+        }
+        return {**case, "headers": headers}
+
+    def transfer(amount: Any, **headers: str) -> dict[str, Any]:
+        return {
+            "method": "POST",
+            "url": "/transfers",
+            "json": {"to_user_id": other["id"], "amount": amount},
+            "headers": {**auth, **headers},
+        }
+
+    a_post = {"title": "a", "content": "b"}
+    cases: list[dict[str, Any]] = [
+        {"method": "GET", "url": f"/posts/{post['id']}"},
+        {"method": "GET", "url": "/posts/999999"},
+        {"method": "GET", "url": "/posts/abc"},
+        {"method": "GET", "url": "/posts/0"},
+        {"method": "GET", "url": "/posts/-1"},
+        {"method": "GET", "url": "/posts/99999999999"},
+        {"method": "GET", "url": "/posts/1.5"},
+        {"method": "GET", "url": f"/users/{author['id']}"},
+        {"method": "GET", "url": f"/users/{author['id']}", "headers": auth},
+        {"method": "GET", "url": user_url, "headers": {"Authorization": "Bearer x"}},
+        {"method": "GET", "url": user_url, "headers": {"Authorization": "Basic x"}},
+        {"method": "GET", "url": "/users/me", "headers": auth},
+        {"method": "GET", "url": "/users/me"},
+        {"method": "GET", "url": "/users?limit=1"},
+        {"method": "GET", "url": "/users?limit=0"},
+        {"method": "GET", "url": "/users?limit=abc"},
+        {"method": "GET", "url": "/users?limit=2&limit=1"},
+        {"method": "GET", "url": "/users?limit="},
+        {"method": "GET", "url": "/users?after_id=-1"},
+        {"method": "GET", "url": "/users?skip=1&after_id=0"},
+        {"method": "GET", "url": "/users?unknown=1"},
+        {"method": "GET", "url": f"/posts?author_id={author['id']}"},
+        {"method": "GET", "url": "/posts?author_id=0"},
+        {"method": "GET", "url": "/transfers", "headers": auth},
+        {"method": "GET", "url": "/transfers?limit=500", "headers": auth},
+        {"method": "POST", "url": "/posts", "json": a_post, "headers": auth},
+        {"method": "POST", "url": "/posts", "json": a_post},
+        {"method": "POST", "url": "/posts", "json": {"title": "", "content": "b"}, "headers": auth},
+        {"method": "POST", "url": "/posts", "json": {"title": "a"}, "headers": auth},
+        {"method": "POST", "url": "/posts", "json": ["a"], "headers": auth},
+        {"method": "POST", "url": "/posts", "content": b"{", "headers": {**auth, **json_type}},
+        {"method": "POST", "url": "/posts", "content": b"", "headers": {**auth, **json_type}},
+        {
+            "method": "POST",
+            "url": "/posts",
+            "content": b'{"title": "a", "content": "b"}',
+            "headers": {**auth, "content-type": "text/plain"},
+        },
+        {
+            "method": "POST",
+            "url": "/posts",
+            "content": b'{"title": "a", "content": "b"}',
+            "headers": {**auth, "content-type": "application/json; charset=utf-8"},
+        },
+        {
+            "method": "POST",
+            "url": "/posts",
+            "content": b'{"title": "a", "content": "b"}',
+            "headers": {**auth, "content-type": "application/vnd.api+json"},
+        },
+        {"method": "POST", "url": "/posts", "content": b'{"title": "a", "content": "b"}'},
+        {"method": "POST", "url": "/posts", "content": b"[" * 5000, "headers": json_type},
+        transfer("0.01"),
+        transfer("0.01", **{"Idempotency-Key": "{key}"}),
+        transfer("0.01", **{"Idempotency-Key": " "}),
+        transfer("0.001"),
+        transfer("-1"),
+        transfer("1e3"),
+        transfer(0.01),
+        transfer("999999"),
+        {
+            "method": "PATCH",
+            "url": f"/posts/{post['id']}",
+            "json": {"title": "new"},
+            "headers": {**auth, "If-Match": '"999"'},
+        },
+        {
+            "method": "PATCH",
+            "url": f"/posts/{post['id']}",
+            "json": {"title": "new"},
+            "headers": {**auth, "If-Match": '"1", "2"'},
+        },
+        {"method": "PATCH", "url": "/posts/abc", "json": {"title": "new"}, "headers": auth},
+        {"method": "DELETE", "url": "/posts/999999", "headers": auth},
+        {"method": "DELETE", "url": f"/posts/{post['id']}"},
+        {"method": "POST", "url": "/users", "json": {"username": "x"}},
+        {"method": "POST", "url": "/users", "json": {**author, "password": "password123"}},
+    ]
+    planned_app = create_app(state=state)
+    fastapi_app = create_app(state=state)
+    setattr(fastapi_app.state, PLANNED, False)
+    async with _client(planned_app) as planned, _client(fastapi_app) as fastapi:
+        for case in cases:
+            by_plan = await planned.request(**fresh(case))
+            by_fastapi = await fastapi.request(**fresh(case))
+            assert _comparable(by_plan) == _comparable(by_fastapi), case
+            assert by_plan.status_code < 500, case
