@@ -10,7 +10,7 @@ import httpx
 from fastapi import FastAPI
 
 from asyncblog.api.app import create_app
-from asyncblog.api.routing import PLANNED, PlannedRoute
+from asyncblog.api.routing import PlannedRoute, plan_requests, plans_requests
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings
 from tests.fixtures.app import Api
@@ -46,8 +46,8 @@ def test_every_route_that_returns_its_response_is_planned() -> None:
 
 
 def test_with_fastapis_telemetry_every_request_goes_to_fastapi() -> None:
-    assert getattr(create_app(Settings()).state, PLANNED) is True
-    assert getattr(create_app(Settings(telemetry=True)).state, PLANNED) is False
+    assert plans_requests(create_app(Settings()))
+    assert not plans_requests(create_app(Settings(telemetry=True)))
 
 
 def _client(app: FastAPI) -> httpx.AsyncClient:
@@ -185,7 +185,7 @@ async def test_planned_and_fastapi_answer_alike(api: Api, state: AppState) -> No
     ]
     planned_app = create_app(state=state)
     fastapi_app = create_app(state=state)
-    setattr(fastapi_app.state, PLANNED, False)
+    plan_requests(fastapi_app, False)
     async with _client(planned_app) as planned, _client(fastapi_app) as fastapi:
         for case in cases:
             by_plan = await planned.request(**fresh(case))

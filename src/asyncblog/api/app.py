@@ -20,7 +20,7 @@ from asyncblog.api.metrics import RequestRecorder, endpoint, sampling
 from asyncblog.api.middleware import RequestContextMiddleware
 from asyncblog.api.responses import COMMON_RESPONSES
 from asyncblog.api.routers import auth, health, money, posts, users
-from asyncblog.api.routing import PLANNED
+from asyncblog.api.routing import plan_requests
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings, load_settings
 from asyncblog.db.errors import DATABASE_ERRORS
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     install_docs(app)
     # Routes resolve their parameters from a plan (api.routing), unless FastAPI's telemetry
     # records each request's operations (it needs FastAPI's own handler).
-    setattr(app.state, PLANNED, not settings.telemetry)
+    plan_requests(app, not settings.telemetry)
     if state is not None:
         app.state.asyncblog = state
     errors.install(app)

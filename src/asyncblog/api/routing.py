@@ -36,8 +36,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asyncblog.api.overrides import OVERRIDES
 from asyncblog.api.responses import COMMON_RESPONSES
 
-# `app.state.<PLANNED>`: whether this app's requests may take the planned handlers (create_app)
-PLANNED = "planned_routes"
+PLANNED = "asyncblog_planned_routes"
+
+
+def plan_requests(app: Any, planned: bool) -> None:
+    """Whether `app`'s requests may take the planned handlers (`create_app`: unless FastAPI's
+    telemetry is on); with False, FastAPI's handler answers every request."""
+    setattr(app, PLANNED, planned)
+
+
+def plans_requests(app: Any) -> bool:
+    return bool(getattr(app, PLANNED, False))
 
 
 def service_router(**options: Any) -> APIRouter:
@@ -210,7 +219,7 @@ def _planned_app(plan: _Plan, fastapi_app: ASGIApp) -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         owner = scope.get("app")
-        if owner is None or owner.dependency_overrides or not getattr(owner.state, PLANNED, False):
+        if owner is None or owner.dependency_overrides or not getattr(owner, PLANNED, False):
             await fastapi_app(scope, receive, send)
             return
         request = Request(scope, receive, send)
