@@ -24,6 +24,21 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 # ---------------------------------------------------------------------------- defaults
 
 
+def test_pool_size_is_2_on_sqlite_and_5_elsewhere_unless_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POOL_SIZE's default depends on the database: two readers at once on SQLite (its reads
+    run in threads that contend with the event loop for the GIL), five connections on a server;
+    a POOL_SIZE given, in the environment or as an argument, is taken as it is everywhere."""
+    assert Settings().pool_size == 2
+    assert Settings(database_url="postgresql+asyncpg://u@h/db").pool_size == 5
+    assert Settings(database_url="mysql+aiomysql://u@h/db").pool_size == 5
+    assert Settings(pool_size=5).pool_size == 5
+    monkeypatch.setenv("POOL_SIZE", "7")
+    assert Settings().pool_size == 7
+    assert Settings(database_url="postgresql+asyncpg://u@h/db").pool_size == 7
+
+
 def test_defaults() -> None:
     """The README's settings table, default by default: with nothing in the environment and no
     `.env` file, every setting has the value the table gives it."""
@@ -34,7 +49,7 @@ def test_defaults() -> None:
     assert settings.secret_key_file is None
     assert settings.access_token_expire_minutes == 15
     assert settings.refresh_token_expire_days == 14
-    assert (settings.pool_size, settings.pool_max_overflow, settings.pool_timeout) == (5, 10, 10)
+    assert (settings.pool_size, settings.pool_max_overflow, settings.pool_timeout) == (2, 10, 10)
     assert settings.pool_recycle == 1800
     assert settings.pool_ping_after_idle == 2
     assert settings.statement_timeout_ms == 5000
