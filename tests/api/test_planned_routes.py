@@ -4,13 +4,13 @@ answer exactly what FastAPI's own handler answers, for good requests and bad one
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any, cast
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Header, Query, Response
 
 from asyncblog.api.app import create_app
-from asyncblog.api.routing import PlannedRoute, plan_requests, plans_requests
+from asyncblog.api.routing import PlannedRoute, plan_requests, plans_requests, service_router
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings
 from tests.fixtures.app import Api
@@ -43,6 +43,35 @@ def test_every_route_that_returns_its_response_is_planned() -> None:
     assert by_kind[False] == FASTAPIS
     assert {("GET", "/posts/{post_id}"), ("POST", "/transfers")} <= by_kind[True]
     assert len(by_kind[True]) == 16
+
+
+def test_what_the_plan_does_not_cover_is_left_to_fastapi() -> None:
+    """A route is planned only with parameters the plan reads as FastAPI does: an aliased or
+    repeated query parameter, a sync dependency, or a model returned make it FastAPI's."""
+    router = service_router()
+
+    async def plain(n: int = 1, if_match: Annotated[str | None, Header()] = None) -> Response:
+        return Response()
+
+    async def aliased(n: Annotated[int, Query(alias="m")] = 1) -> Response:
+        return Response()
+
+    async def repeated(n: Annotated[list[int] | None, Query()] = None) -> Response:
+        return Response()
+
+    def sync_dependency() -> int:
+        return 1
+
+    async def with_sync(n: Annotated[int, Depends(sync_dependency)]) -> Response:
+        return Response()
+
+    async def a_model() -> dict[str, int]:
+        return {}
+
+    for endpoint in (plain, aliased, repeated, with_sync, a_model):
+        router.add_api_route(f"/{endpoint.__name__}", endpoint)
+    routes = [cast(PlannedRoute, route) for route in router.routes]
+    assert {route.path for route in routes if _planned(route)} == {"/plain"}
 
 
 def test_with_fastapis_telemetry_every_request_goes_to_fastapi() -> None:

@@ -169,10 +169,14 @@ def _is_async_function(call: Any) -> bool:
 
 
 def _param(field: Any, where: str) -> _Param:
+    """A scalar parameter found under its own name (a header's with `-` for `_`): FastAPI may
+    look an aliased one up under more than one key."""
     info = field.field_info
     annotation = info.annotation
+    own_key = field.name.replace("_", "-") if where == "header" else field.name
     if (
         info.validation_alias is not None
+        or field.alias != own_key
         or any(type(item) is Json for item in info.metadata)
         or (inspect.isclass(annotation) and issubclass(annotation, BaseModel))
         or field_annotation_is_sequence(annotation)
