@@ -24,7 +24,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import httpx
 import pytest
 from alembic.script import ScriptDirectory
 from fastapi import HTTPException
@@ -37,6 +36,7 @@ from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.db.engine import create_engine
 from tests.fixtures import cluster, databases
+from tests.fixtures.app import client_of
 from tests.fixtures.cluster import tooling_unavailable
 from tests.fixtures.databases import BACKENDS, settings_for, unavailable
 from tests.fixtures.postgres import free_port
@@ -588,8 +588,7 @@ async def test_an_override_reaches_every_route_with_a_dependency(tmp_path: Path)
     routes = [r for r in app.routes if isinstance(r, APIRoute) and r.dependant.dependencies]
     assert len(routes) >= 17, [r.path for r in routes]
     try:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with client_of(app) as client:
             for route in routes:
                 method = sorted((route.methods or set()) - {"HEAD"})[0]
                 dependency = route.dependant.dependencies[0].call

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.models import Base
-from tests.fixtures.app import Api
+from tests.fixtures.app import Api, client_of
 
 BULK = "/users/bulk"
 Route = tuple[str, str]  # method, path template
@@ -102,12 +102,7 @@ async def watched(state: AppState, orm_use: OrmUse) -> AsyncIterator[tuple[Api, 
         key = route_of(app, request.method, request.url.path)
         orm_use.by_route.setdefault(key, []).extend(orm_use.now)
 
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://test",
-        event_hooks={"request": [starts], "response": [ends]},
-    ) as client:
+    async with client_of(app, event_hooks={"request": [starts], "response": [ends]}) as client:
         yield Api(client, state), app
 
 

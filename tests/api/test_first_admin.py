@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from asyncblog.api.app import create_app
 from asyncblog.config import Settings
-from tests.fixtures.app import empty_tables
+from tests.fixtures.app import client_of, empty_tables
 from tests.fixtures.databases import Backend, settings_for
 
 ADMIN = {"username": "rootadmin", "email": "root@example.com", "password": "first-admin-pass"}
@@ -30,10 +30,8 @@ async def started(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan run (start-up on entry, shutdown at the end), and a client."""
     app = create_app(settings)
     try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                yield client
+        async with app.router.lifespan_context(app), client_of(app) as client:
+            yield client
     finally:
         gc.unfreeze()  # an app that owns its database freezes what exists after start-up
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
-from tests.fixtures.app import Api
+from tests.fixtures.app import Api, client_of
 from tests.fixtures.databases import Backend, settings_for
 
 SMALL_LIMIT = 4096
@@ -42,8 +42,7 @@ async def app_with(
         raise RuntimeError("an unexpected failure inside a handler")
 
     app.add_api_route("/test-only/boom", boom, methods=["GET"])
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with client_of(app) as client:
         yield Api(client, own), app
 
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
-from tests.fixtures.app import Api
+from tests.fixtures.app import Api, client_of
 from tests.fixtures.databases import settings_for
 
 # Every route of API.md, as (method, path) with path parameters written `{}`.
@@ -59,8 +59,7 @@ async def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) ->
     state = AppState.build(settings_for(url))
     try:
         app = create_app(state=state)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with client_of(app) as client:
             response = await client.get("/readyz")
             assert response.status_code == 503
             assert response.json()["database"] != "ok"
@@ -166,8 +165,7 @@ async def failing_client(state: AppState) -> AsyncIterator[httpx.AsyncClient]:
     async def boom_after_reading(payload: dict[str, str]) -> None:
         raise RuntimeError(f"secret detail {payload}")
 
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with client_of(app) as client:
         yield client
 
 

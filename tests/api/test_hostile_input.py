@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.models import Post, Transfer, User
-from tests.fixtures.app import Api
+from tests.fixtures.app import Api, client_of
 from tests.fixtures.databases import Backend, settings_for
 
 JSON = {"content-type": "application/json"}
@@ -36,8 +36,7 @@ async def app_with(backend: Backend, state: AppState, **overrides: Any) -> Async
     it shares `state.db`, whose session factories join the test's connection."""
     settings = settings_for(backend.url, **overrides)
     own_state = AppState.build(settings, state.db)
-    transport = httpx.ASGITransport(app=create_app(state=own_state), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with client_of(create_app(state=own_state)) as client:
         yield Api(client, own_state)
 
 

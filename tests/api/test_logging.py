@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
 from asyncblog.log import JSONFormatter
+from tests.fixtures.app import client_of
 from tests.fixtures.cluster import free_port
 from tests.fixtures.databases import Backend, settings_for
 from tests.fixtures.servers import in_process_app
@@ -64,8 +65,7 @@ async def failing_client(
     async def boom() -> None:
         raise RuntimeError("secret detail")
 
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with client_of(app) as client:
         yield client, request.param
 
 

@@ -35,7 +35,7 @@ from asyncblog.api.state import AppState
 from asyncblog.models import User
 from asyncblog.security import PasswordHasher
 from asyncblog.throttle import Throttle
-from tests.fixtures.app import Api
+from tests.fixtures.app import Api, client_of
 from tests.fixtures.databases import Backend, settings_for, unavailable
 
 WRONG = {"detail": "Incorrect username or password"}
@@ -125,8 +125,7 @@ async def counted(backend: Backend, state: AppState) -> AsyncIterator[tuple[Api,
     settings = settings_for(backend.url, login_max_failures=1000)
     hasher = CountingHasher(settings)
     own = dataclasses.replace(AppState.build(settings, state.db), hasher=hasher)
-    transport = httpx.ASGITransport(app=create_app(state=own), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with client_of(create_app(state=own)) as client:
         yield Api(client, own), hasher
 
 

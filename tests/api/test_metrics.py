@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from asyncblog.api.app import create_app
 from asyncblog.api.state import AppState
-from tests.fixtures.app import Api
+from tests.fixtures.app import Api, client_of
 from tests.fixtures.metrics import Scrape, counted, scrape
 
 USER_ROUTE = "/users/{user_id}"
@@ -30,8 +30,7 @@ async def metered(state: AppState, **settings: Any) -> AsyncIterator[Api]:
     """The test's app (same database, same outer transaction) with METRICS=true."""
     changed = state.settings.model_copy(update={"metrics": True, **settings})
     app = create_app(state=AppState.build(changed, state.db))
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with client_of(app) as client:
         yield Api(client, state)
 
 

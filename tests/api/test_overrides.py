@@ -6,9 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
-from fastapi import FastAPI
-
 from asyncblog.api.app import create_app
 from asyncblog.api.deps import (
     Page,
@@ -22,12 +19,7 @@ from asyncblog.api.state import AppState
 from asyncblog.security import AccessClaims
 from asyncblog.services.auth import Caller
 from asyncblog.services.users import BulkUsers
-from tests.fixtures.app import Api
-
-
-def client_of(app: FastAPI) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
+from tests.fixtures.app import Api, client_of
 
 
 async def test_an_override_reaches_the_spliced_routes(api: Api, state: AppState) -> None:

@@ -7,13 +7,13 @@ import json
 from typing import Annotated, Any, cast
 
 import httpx
-from fastapi import Depends, FastAPI, Header, Query, Response
+from fastapi import Depends, Header, Query, Response
 
 from asyncblog.api.app import create_app
 from asyncblog.api.routing import PlannedRoute, plan_requests, plans_requests, service_router
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings
-from tests.fixtures.app import Api
+from tests.fixtures.app import Api, client_of
 
 # The routes FastAPI still resolves itself, and why: a `yield` dependency (the bulk session),
 # form data (login), a `Response` parameter (refresh sets a cookie), a model returned for
@@ -79,11 +79,6 @@ def test_with_fastapis_telemetry_every_request_goes_to_fastapi() -> None:
     assert not plans_requests(create_app(Settings(telemetry=True)))
 
 
-def _client(app: FastAPI) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
-
-
 # What differs between two answers to the same write: the new row's id and times.
 MASKED = {"id", "created_at", "updated_at", "transfer_id"}
 
@@ -133,6 +128,14 @@ async def test_planned_and_fastapi_answer_alike(api: Api, state: AppState) -> No
         }
 
     a_post = {"title": "a", "content": "b"}
+
+    a_post_bytes = json.dumps(a_post).encode()
+
+    def post_as(content_type: str) -> dict[str, Any]:
+        """`a_post` by the caller, as raw bytes with this content type."""
+        headers = {**auth, "content-type": content_type}
+        return {"method": "POST", "url": "/posts", "content": a_post_bytes, "headers": headers}
+
     cases: list[dict[str, Any]] = [
         {"method": "GET", "url": f"/posts/{post['id']}"},
         {"method": "GET", "url": "/posts/999999"},
@@ -166,25 +169,10 @@ async def test_planned_and_fastapi_answer_alike(api: Api, state: AppState) -> No
         {"method": "POST", "url": "/posts", "json": ["a"], "headers": auth},
         {"method": "POST", "url": "/posts", "content": b"{", "headers": {**auth, **json_type}},
         {"method": "POST", "url": "/posts", "content": b"", "headers": {**auth, **json_type}},
-        {
-            "method": "POST",
-            "url": "/posts",
-            "content": b'{"title": "a", "content": "b"}',
-            "headers": {**auth, "content-type": "text/plain"},
-        },
-        {
-            "method": "POST",
-            "url": "/posts",
-            "content": b'{"title": "a", "content": "b"}',
-            "headers": {**auth, "content-type": "application/json; charset=utf-8"},
-        },
-        {
-            "method": "POST",
-            "url": "/posts",
-            "content": b'{"title": "a", "content": "b"}',
-            "headers": {**auth, "content-type": "application/vnd.api+json"},
-        },
-        {"method": "POST", "url": "/posts", "content": b'{"title": "a", "content": "b"}'},
+        post_as("text/plain"),
+        post_as("application/json; charset=utf-8"),
+        post_as("application/vnd.api+json"),
+        {"method": "POST", "url": "/posts", "content": a_post_bytes},
         {"method": "POST", "url": "/posts", "content": b"[" * 5000, "headers": json_type},
         transfer("0.01"),
         transfer("0.01", **{"Idempotency-Key": "{key}"}),
@@ -215,7 +203,7 @@ async def test_planned_and_fastapi_answer_alike(api: Api, state: AppState) -> No
     planned_app = create_app(state=state)
     fastapi_app = create_app(state=state)
     plan_requests(fastapi_app, False)
-    async with _client(planned_app) as planned, _client(fastapi_app) as fastapi:
+    async with client_of(planned_app) as planned, client_of(fastapi_app) as fastapi:
         for case in cases:
             by_plan = await planned.request(**fresh(case))
             by_fastapi = await fastapi.request(**fresh(case))

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -22,7 +21,7 @@ from asyncblog.api.state import AppState
 from asyncblog.db.database import Database
 from asyncblog.log import REQUEST_ID_ATTRIBUTE
 from asyncblog.repositories.users import CALLER
-from tests.fixtures.app import Api, empty_tables
+from tests.fixtures.app import Api, client_of, empty_tables
 from tests.fixtures.databases import Backend
 
 _EXPORTER = InMemorySpanExporter()
@@ -50,9 +49,8 @@ async def _api(backend: Backend, *, telemetry: bool) -> AsyncIterator[Api]:
     settings = backend.settings.model_copy(update={"telemetry": telemetry})
     state = AppState.build(settings, Database(backend.engine, settings))
     app = create_app(state=state)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with client_of(app) as client:
             yield Api(client, state)
     finally:
         await state.db.release_idle()
