@@ -43,9 +43,16 @@ class SlotGate:
         self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._reaper: asyncio.TimerHandle | None = None
 
-    async def acquire(self) -> None:
-        if self._free > 0:  # a free slot implies nobody waits: release() hands over directly
+    def take_free(self) -> bool:
+        """Take a free slot if there is one, without waiting (a free slot implies nobody waits:
+        `release()` hands over directly)."""
+        if self._free > 0:
             self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.take_free():
             return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
@@ -91,15 +98,16 @@ class SlotGate:
 
 
 @dataclass(slots=True)
-class _Lease:
-    """The slot the current task holds, and the gate it came from."""
+class Lease:
+    """The slot the current task holds, the gate it came from, and how to forget it."""
 
     admission: Admission
     gate: SlotGate
+    token: contextvars.Token[Lease | None] | None = None
     held: bool = True
 
 
-_lease: contextvars.ContextVar[_Lease | None] = contextvars.ContextVar(
+_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar(
     "asyncblog_slot_lease", default=None
 )
 
@@ -124,7 +132,7 @@ class Admission:
         self.capacity = self.size + writers  # units of work at once, in all lanes
 
     def slot(self, *, write: bool = False) -> _SlotHold:
-        return _SlotHold(self, self.write_gate if write else self.gate)
+        return _SlotHold(self, write)
 
     async def take(self, gate: SlotGate | None = None) -> None:
         try:
@@ -132,6 +140,35 @@ class Admission:
         except TimeoutError:
             GATE_TIMEOUTS.inc()
             raise Unavailable(POOL_BUSY) from None
+
+    async def enter(self, *, write: bool = False) -> Lease | None:
+        """A slot for the current task, or None when it holds one of this gate already (the
+        slot it holds covers this too). Give it back with `leave`."""
+        held = _lease.get()
+        if held is not None and held.admission is self and held.held:
+            return None
+        gate = self.write_gate if write else self.gate
+        if not gate.take_free():
+            try:
+                await gate.acquire()
+            except TimeoutError:
+                GATE_TIMEOUTS.inc()
+                raise Unavailable(POOL_BUSY) from None
+        lease = Lease(self, gate)
+        lease.token = _lease.set(lease)
+        return lease
+
+    @staticmethod
+    def leave(lease: Lease | None) -> None:
+        if lease is None:
+            return
+        try:
+            _lease.reset(lease.token)  # type: ignore[arg-type]
+        except ValueError:  # left in another context than entered: clear it there
+            _lease.set(None)
+        if lease.held:
+            lease.held = False  # a child task that copied the context must not use it now
+            lease.gate.release()
 
     def usage(self) -> tuple[int, int, int]:
         """(slots, slots in use, units of work waiting) in every lane, for the metrics."""
@@ -141,35 +178,21 @@ class Admission:
 
 
 class _SlotHold:
-    """`Admission.slot()`: a plain async context manager, as every request enters one (a
-    generator-based one costs a few microseconds more)."""
+    """`Admission.slot()`: a plain async context manager (a generator-based one costs a few
+    microseconds more)."""
 
-    __slots__ = ("_admission", "_gate", "_lease", "_token")
+    __slots__ = ("_admission", "_lease", "_write")
 
-    def __init__(self, admission: Admission, gate: SlotGate) -> None:
+    def __init__(self, admission: Admission, write: bool) -> None:
         self._admission = admission
-        self._gate = gate
-        self._lease: _Lease | None = None
+        self._write = write
+        self._lease: Lease | None = None
 
     async def __aenter__(self) -> None:
-        held = _lease.get()
-        if held is not None and held.admission is self._admission and held.held:
-            return  # re-entrant: the slot this task holds covers this too
-        await self._admission.take(self._gate)
-        self._lease = _Lease(self._admission, self._gate)
-        self._token = _lease.set(self._lease)
+        self._lease = await self._admission.enter(write=self._write)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        lease = self._lease
-        if lease is None:
-            return
-        try:
-            _lease.reset(self._token)
-        except ValueError:  # exited in another context than entered: clear it there
-            _lease.set(None)
-        if lease.held:
-            lease.held = False  # a child task that copied the context must not use it now
-            lease.gate.release()
+        self._admission.leave(self._lease)
 
 
 @asynccontextmanager

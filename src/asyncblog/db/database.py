@@ -105,6 +105,10 @@ class _Aiosqlite(_Driver):
         rows: Sequence[Sequence[Any]] = await con.execute_fetchall(sql, args)
         return rows
 
+    async def value(self, con: Any, sql: str, args: Sequence[Any]) -> Any:
+        rows = await con.execute_fetchall(sql, args)
+        return rows[0][0] if rows else None
+
     async def execute(self, con: Any, sql: str) -> None:
         await con.execute(sql)
 
@@ -223,6 +227,7 @@ class Reader:
     """One driver connection for one unit of work that reads (`Database.reader()`)."""
 
     __slots__ = ("_depth", "_driver", "_joined", "connection", "dialect")
+    writes = False  # a Writer's statements may write
 
     def __init__(self, connection: Any, dialect: Dialect, driver: _Driver) -> None:
         self.connection = connection
@@ -241,7 +246,7 @@ class Reader:
         """A Reader runs no statement that writes: it may be a replica's, or in a transaction
         that is not the write's (a write taken for a read fails here, in every test of it)."""
         compiled = statement.compiled(self.dialect)
-        if compiled.writes:
+        if compiled.writes and not self.writes:
             raise TypeError(f"a statement that writes went through a Reader: {compiled.sql[:80]}")
         return compiled
 
@@ -263,7 +268,7 @@ class Reader:
     async def value(self, statement: Statement, **params: Any) -> Any:
         """The first column of the first row (None without a row)."""
         compiled = self._compiled(statement)
-        if any(compiled.results) or self._on_its_own():
+        if compiled.converts or (self._depth == 0 and self._joined):
             rows = await self.rows(statement, **params)
             return rows[0][0] if rows else None
         return await self._driver.value(self.connection, compiled.sql, compiled.args(params))
@@ -296,9 +301,7 @@ class Writer(Reader):
     statements into a transaction; the statements that write take a Writer."""
 
     __slots__ = ()
-
-    def _compiled(self, statement: Statement) -> Compiled:
-        return statement.compiled(self.dialect)
+    writes = True
 
     async def count(self, statement: Statement, **params: Any) -> int:
         """Run a write (an UPDATE, a DELETE); how many rows it changed."""
@@ -326,6 +329,7 @@ class Database:
         self.engine = engine
         self.settings = settings
         self.dialect = dialect_of(engine.url)
+        self.sql_dialect = engine.sync_engine.dialect  # what statements compile for
         self._driver = DRIVERS[self.dialect]()
         if settings is not None and settings.telemetry:
             self._driver = _Traced(self._driver, self.dialect)
@@ -610,52 +614,52 @@ class _LinkHold(Generic[L]):
     """`Database.reader()` / `writer()`: a plain async context manager (every request enters
     one; a generator-based one costs several microseconds more)."""
 
-    __slots__ = ("_db", "_give_back", "_kind", "_link", "_slot")
+    __slots__ = ("_db", "_give_back", "_kind", "_lease", "_link")
 
     def __init__(self, db: Database, kind: type[L]) -> None:
         self._db = db
         self._kind = kind
 
     async def __aenter__(self) -> L:
-        primary = self._db
-        if primary.replicas and self._kind is Reader:
-            self._db = await primary.route_read()
-            if self._db is not primary:
-                try:
-                    return await self._enter()
-                except Unavailable:  # the replica is down: the primary serves the read
-                    self._db.down_until = time.monotonic() + primary._replica_down
-                    self._db = primary
-        return await self._enter()
-
-    async def _enter(self) -> L:
-        db = self._db
-        self._slot = db.admission.slot(write=self._kind is Writer)
-        await self._slot.__aenter__()
-        try:
-            con, self._give_back = await db.checkout()
-        except BaseException as exc:
-            await self._slot.__aexit__(None, None, None)
-            error = translate(exc)
-            if error is None or error is exc:
-                raise
-            raise error from exc
-        self._link = self._kind(con, db.engine.dialect, db._driver)
+        primary = db = self._db
+        if primary.replicas and not self._kind.writes:
+            db = await primary.route_read()
+        while True:
+            lease = None
+            try:
+                lease = await db.admission.enter(write=self._kind.writes)
+                con, self._give_back = await db.checkout()
+                break
+            except BaseException as exc:
+                if lease is not None:
+                    db.admission.leave(lease)
+                error = translate(exc)
+                if db is not primary and isinstance(error or exc, Unavailable):
+                    # the replica is down: the primary serves the read
+                    db.down_until = time.monotonic() + primary._replica_down
+                    db = primary
+                    continue
+                if error is None or error is exc:
+                    raise
+                raise error from exc
+        self._db, self._lease = db, lease
+        self._link = self._kind(con, db.sql_dialect, db._driver)
         return self._link
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         failure = exc
+        db = self._db
         try:
-            if exc is None and self._db.replicas and isinstance(self._link, Writer):
+            if exc is None and db.replicas and self._kind.writes:
                 try:
-                    await self._db.note_written(self._link)
+                    await db.note_written(self._link)  # type: ignore[arg-type]
                 except Exception as lost:  # committed; the client gets no position this time
                     failure = lost
             await self._give_back(failure)
         finally:
-            await self._slot.__aexit__(None, None, None)
+            db.admission.leave(self._lease)
         if isinstance(exc, Exception) and not isinstance(exc, ServiceError):
             error = translate(exc)
             if error is not None:

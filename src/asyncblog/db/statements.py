@@ -11,7 +11,7 @@ by its text.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Dialect
@@ -30,8 +30,16 @@ class Compiled:
     results: tuple[Processor, ...]
     defaults: Mapping[str, Any]  # values the statement carries itself (a literal LIMIT)
     writes: bool  # an INSERT, UPDATE or DELETE, or a SELECT over one (a data-modifying WITH)
+    converts: bool = field(init=False)  # some result column has a conversion
+    plain: bool = field(init=False)  # parameters go to the driver as given
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "converts", any(self.results))
+        object.__setattr__(self, "plain", not self.defaults and not any(self.binds))
 
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        if self.plain:  # the common case, without a generator per statement
+            return tuple(map(params.__getitem__, self.names))
         defaults = self.defaults
         return tuple(
             value if process is None or value is None else process(value)
@@ -44,7 +52,7 @@ class Compiled:
 
     def convert(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """Rows with each column converted as its type says (SQLite's text times, cents)."""
-        if not any(self.results):
+        if not self.converts:
             return [tuple(row) for row in rows]
         return [
             tuple(

@@ -71,9 +71,7 @@ def _with_author() -> tuple[Select[Any], Callable[[FromClause], Columns]]:
 class _WithAuthor(ViewQuery):
     """MariaDB renders the nested author in Python from the flat row."""
 
-    async def fetch(self, link: Reader, **params: Any) -> bytes | None:
-        if renders_json(link):
-            return await super().fetch(link, **params)
+    async def rendered(self, link: Reader, params: dict[str, Any]) -> bytes | None:
         row = await link.row(_WITH_AUTHOR_ROW, **params)
         if row is None:
             return None

@@ -87,6 +87,10 @@ class ViewQuery:
             if text is None:
                 return b"[]" if self.many else None
             return text.encode()
+        return await self.rendered(link, params)
+
+    async def rendered(self, link: Reader, params: dict[str, Any]) -> bytes | None:
+        """MariaDB: the view's columns, rendered by pydantic."""
         rows = await link.rows(self._rows, **params)
         names = list(self.view.model_fields)
         values = [dict(zip(names, row, strict=True)) for row in rows]
