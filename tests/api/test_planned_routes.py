@@ -7,7 +7,8 @@ import json
 from typing import Annotated, Any, cast
 
 import httpx
-from fastapi import Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Response
+from fastapi.routing import APIRoute
 
 from asyncblog.api.app import create_app
 from asyncblog.api.routing import PlannedRoute, plan_requests, plans_requests, service_router
@@ -42,7 +43,46 @@ def test_every_route_that_returns_its_response_is_planned() -> None:
             by_kind[_planned(route)].add((method, route.path))
     assert by_kind[False] == FASTAPIS
     assert {("GET", "/posts/{post_id}"), ("POST", "/transfers")} <= by_kind[True]
-    assert len(by_kind[True]) == 16
+    assert by_kind[True] >= DOCS_PAGES  # the app's own routes are made as planned ones too
+    assert len(by_kind[True]) == 16 + len(DOCS_PAGES)
+
+
+DOCS_PAGES = {("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
+
+
+def _layers(app: FastAPI) -> list[str]:
+    """The classes of the app's ASGI stack, outermost first, down to the router."""
+    names = []
+    layer: Any = app.build_middleware_stack()
+    while layer is not None and not isinstance(layer, APIRouter):
+        names.append(type(layer).__name__)
+        layer = getattr(layer, "app", None)
+    return names
+
+
+LEAN = ["RequestContextMiddleware", "ExceptionMiddleware"]
+
+
+def test_the_stack_has_only_the_layers_a_planned_request_needs() -> None:
+    """FastAPI's own layers (last-resort 500, telemetry hook, body limit, files' exit stack)
+    come back wherever one of them has work to do."""
+    assert _layers(create_app(Settings())) == LEAN
+    full = _layers(create_app(Settings(telemetry=True)))
+    assert full[0] == "ServerErrorMiddleware"
+    assert {"ExceptionTelemetryMiddleware", "AsyncExitStackMiddleware"} <= set(full)
+
+    async def plain() -> dict[str, int]:
+        return {}
+
+    foreign = create_app(Settings())
+    foreign.include_router(APIRouter(), prefix="/x")  # a nested router
+    assert _layers(foreign) != LEAN
+    foreign = create_app(Settings())
+    foreign.router.routes.append(APIRoute("/plain", plain))  # FastAPI's own route class
+    assert "AsyncExitStackMiddleware" in _layers(foreign)
+    foreign = create_app(Settings())
+    foreign.add_exception_handler(500, lambda request, exc: Response(status_code=500))
+    assert _layers(foreign)[0] == "ServerErrorMiddleware"
 
 
 def test_what_the_plan_does_not_cover_is_left_to_fastapi() -> None:
@@ -199,6 +239,14 @@ async def test_planned_and_fastapi_answer_alike(api: Api, state: AppState) -> No
         {"method": "DELETE", "url": f"/posts/{post['id']}"},
         {"method": "POST", "url": "/users", "json": {"username": "x"}},
         {"method": "POST", "url": "/users", "json": {**author, "password": "password123"}},
+        {"method": "GET", "url": "/nowhere"},
+        {"method": "PUT", "url": f"/posts/{post['id']}"},
+        {"method": "GET", "url": "/users/"},
+        {"method": "POST", "url": "/auth/token", "data": {"username": "x", "password": "y"}},
+        {"method": "POST", "url": "/auth/refresh"},
+        {"method": "GET", "url": "/users/count"},
+        {"method": "GET", "url": "/docs"},
+        {"method": "GET", "url": "/openapi.json"},
     ]
     planned_app = create_app(state=state)
     fastapi_app = create_app(state=state)

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 from pydantic import ValidationError
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from asyncblog import __version__
 from asyncblog.api import errors
@@ -20,7 +21,7 @@ from asyncblog.api.metrics import RequestRecorder, endpoint, sampling
 from asyncblog.api.middleware import RequestContextMiddleware
 from asyncblog.api.responses import COMMON_RESPONSES
 from asyncblog.api.routers import auth, health, money, posts, users
-from asyncblog.api.routing import plan_requests
+from asyncblog.api.routing import PlannedRoute, middleware_stack, plan_requests
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings, load_settings
 from asyncblog.db.errors import DATABASE_ERRORS
@@ -62,6 +63,13 @@ async def create_first_admin(state: AppState) -> None:
         logger.info("created the first admin", extra={"username": s.first_admin_username})
 
 
+class ServiceApp(FastAPI):
+    """FastAPI with the ASGI stack a request needs (`api.routing.middleware_stack`)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return middleware_stack(self)
+
+
 def create_app(settings: Settings | None = None, state: AppState | None = None) -> FastAPI:
     """Build the app. With `state`, the caller owns the database (tests); otherwise the lifespan
     creates the engine at start-up and disposes of it at shutdown."""
@@ -90,7 +98,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
                 await current.throttle.close()
                 await current.db.dispose()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="asyncblog",
         version=__version__,
         description="Users, posts and money transfers over async SQLAlchemy.",
@@ -102,6 +110,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         docs_url=None,  # served from this service, not a CDN: api.docs
         redoc_url=None,
     )
+    app.router.route_class = PlannedRoute  # the docs pages' routes too
     install_docs(app)
     # Routes resolve their parameters from a plan (api.routing), unless FastAPI's telemetry
     # records each request's operations (it needs FastAPI's own handler).

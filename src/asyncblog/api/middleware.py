@@ -14,7 +14,6 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asyncblog.api.metrics import RequestRecorder
-from asyncblog.api.overrides import current_app
 from asyncblog.db import consistency
 from asyncblog.log import REQUEST_ID_ATTRIBUTE, request_id
 from asyncblog.metrics import NO_ANSWER
@@ -65,7 +64,6 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        current_app.set(scope.get("app"))  # whose dependency_overrides apply (api.overrides)
         rid, declared_length = _inspect_headers(scope)
         rid = rid or _new_request_id()
         token = request_id.set(rid)

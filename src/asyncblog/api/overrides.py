@@ -3,8 +3,9 @@
 A route resolves overrides through the provider its router was created with; a router made at
 import time has none, and `include_router` would nest it (measured: 30-40 us more per request,
 matched twice). So every router is created with `OVERRIDES`, which answers with the overrides of
-the app serving the current request (set by the middleware from the ASGI scope): FastAPI's
-documented `app.dependency_overrides` works for every route, in tests and anywhere else.
+the app serving the current request (taken from the ASGI scope where FastAPI's handler runs,
+`api.routing`): FastAPI's documented `app.dependency_overrides` works for every route, in tests
+and anywhere else.
 """
 
 from __future__ import annotations
