@@ -60,7 +60,7 @@ def _layers(app: FastAPI) -> list[str]:
     return names
 
 
-LEAN = ["RequestContextMiddleware", "ExceptionMiddleware"]
+LEAN = ["RequestContextMiddleware", "ExceptionHandlers"]
 
 
 def test_the_stack_has_only_the_layers_a_planned_request_needs() -> None:
@@ -112,6 +112,28 @@ def test_what_the_plan_does_not_cover_is_left_to_fastapi() -> None:
         router.add_api_route(f"/{endpoint.__name__}", endpoint)
     routes = [cast(PlannedRoute, route) for route in router.routes]
     assert {route.path for route in routes if _planned(route)} == {"/plain"}
+
+
+async def test_a_route_is_found_under_a_prefix_or_a_root_path() -> None:
+    """`PlannedRoute.matches` refuses a path that does not start as the route's does; under an
+    included router's prefix or a root path it leaves the matching to FastAPI."""
+    router = service_router()
+
+    @router.get("/items/{n}")
+    async def item(n: int) -> Response:
+        return Response(str(n))
+
+    included = FastAPI()
+    included.include_router(router, prefix="/v1")
+    async with client_of(included) as client:
+        assert (await client.get("/v1/items/3")).text == "3"
+        assert (await client.get("/items/3")).status_code == 404
+    direct = FastAPI()
+    direct.router.routes.extend(router.routes)
+    transport = httpx.ASGITransport(app=direct, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/api/items/4")).text == "4"
+        assert (await client.get("/api/other/4")).status_code == 404
 
 
 def test_with_fastapis_telemetry_every_request_goes_to_fastapi() -> None:
