@@ -54,9 +54,10 @@ def _layers(app: FastAPI) -> list[str]:
     """The classes of the app's ASGI stack, outermost first, down to the router."""
     names = []
     layer: Any = app.build_middleware_stack()
-    while layer is not None and not isinstance(layer, APIRouter):
+    while layer is not None and app.router not in (layer, getattr(layer, "__self__", None)):
         names.append(type(layer).__name__)
         layer = getattr(layer, "app", None)
+    assert layer is not None  # the router (or its own stack) is reached
     return names
 
 

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 from pydantic import ValidationError
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from asyncblog import __version__
 from asyncblog.api import errors
@@ -21,7 +21,12 @@ from asyncblog.api.metrics import RequestRecorder, endpoint, sampling
 from asyncblog.api.middleware import RequestContextMiddleware
 from asyncblog.api.responses import COMMON_RESPONSES
 from asyncblog.api.routers import auth, health, money, posts, users
-from asyncblog.api.routing import PlannedRoute, middleware_stack, plan_requests
+from asyncblog.api.routing import (
+    PlannedRoute,
+    middleware_stack,
+    plan_requests,
+    plans_requests,
+)
 from asyncblog.api.state import AppState
 from asyncblog.config import Settings, load_settings
 from asyncblog.db.errors import DATABASE_ERRORS
@@ -68,6 +73,17 @@ class ServiceApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         return middleware_stack(self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request straight to the stack (FastAPI's and Starlette's `__call__` are two levels
+        of coroutine to pass on every suspension); the rest (the lifespan, a root path, the
+        first request, FastAPI's telemetry on) through them."""
+        stack = self.middleware_stack
+        if scope["type"] != "http" or stack is None or self.root_path or not plans_requests(self):
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await stack(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, state: AppState | None = None) -> FastAPI:

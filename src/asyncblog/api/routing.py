@@ -90,6 +90,15 @@ class PlannedRoute(APIRoute):
             return Match.NONE, {}
         return super().matches(scope)
 
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route's app, one coroutine level below the router (FastAPI's and Starlette's
+        `handle` are two, passed on every suspension of the request); FastAPI's `handle` where
+        it has its own state in the scope or the method is not the route's (a 405)."""
+        if "fastapi" in scope or (self.methods and scope["method"] not in self.methods):
+            await super().handle(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
 
 FILE_STACK = "fastapi_middleware_astack"
 
@@ -141,7 +150,9 @@ def middleware_stack(app: FastAPI) -> ASGIApp:
         or not all(_served_without_fastapi_layers(route) for route in app.router.routes)
     ):
         return FastAPI.build_middleware_stack(app)
-    stack: ASGIApp = ExceptionHandlers(app.router, handlers=handlers, debug=app.debug)
+    # The router's own stack, without its `__call__` (a coroutine level on every suspension).
+    router: ASGIApp = app.router.middleware_stack
+    stack: ASGIApp = ExceptionHandlers(router, handlers=handlers, debug=app.debug)
     for middleware in reversed(app.user_middleware):
         stack = middleware.cls(stack, *middleware.args, **middleware.kwargs)
     return stack

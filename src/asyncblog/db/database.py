@@ -50,13 +50,11 @@ from asyncblog.metrics import REPLICA_READS, REPLICA_WAIT
 class _Driver:
     """The few calls the data path makes, per driver."""
 
-    async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+    def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Awaitable[Sequence[Sequence[Any]]]:
+        """The rows of a statement, unconverted: the driver's own awaitable where it has one, so
+        the data path's statements pass through no coroutine of ours here (each level of
+        coroutine is passed again on every suspension of the request)."""
         raise NotImplementedError
-
-    async def value(self, con: Any, sql: str, args: Sequence[Any]) -> Any:
-        """The first column of the first row (None without a row), unconverted."""
-        rows = await self.fetch(con, sql, args)
-        return rows[0][0] if rows else None
 
     async def execute(self, con: Any, sql: str) -> None:
         raise NotImplementedError
@@ -85,12 +83,9 @@ class _Driver:
 
 
 class _Asyncpg(_Driver):
-    async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
-        rows: Sequence[Sequence[Any]] = await con.fetch(sql, *args)
+    def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Awaitable[Sequence[Sequence[Any]]]:
+        rows: Awaitable[Sequence[Sequence[Any]]] = con.fetch(sql, *args)
         return rows
-
-    async def value(self, con: Any, sql: str, args: Sequence[Any]) -> Any:
-        return await con.fetchval(sql, *args)
 
     async def execute(self, con: Any, sql: str) -> None:
         await con.execute(sql)
@@ -101,13 +96,9 @@ class _Asyncpg(_Driver):
 
 
 class _Aiosqlite(_Driver):
-    async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
-        rows: Sequence[Sequence[Any]] = await con.execute_fetchall(sql, args)
+    def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Awaitable[Sequence[Sequence[Any]]]:
+        rows: Awaitable[Sequence[Sequence[Any]]] = con.execute_fetchall(sql, args)
         return rows
-
-    async def value(self, con: Any, sql: str, args: Sequence[Any]) -> Any:
-        rows = await con.execute_fetchall(sql, args)
-        return rows[0][0] if rows else None
 
     async def execute(self, con: Any, sql: str) -> None:
         await con.execute(sql)
@@ -135,7 +126,10 @@ class _Aiomysql(_Driver):
     async def returned(self, con: Any) -> None:
         await con.autocommit(False)
 
-    async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+    def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Awaitable[Sequence[Sequence[Any]]]:
+        return self._fetch(con, sql, args)
+
+    async def _fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         async with con.cursor() as cursor:
             await cursor.execute(sql, args or None)
             rows: Sequence[Sequence[Any]] = await cursor.fetchall()
@@ -157,15 +151,14 @@ class _Traced(_Driver):
         self._driver = driver
         self._system = SYSTEMS.get(dialect, dialect)
 
-    async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+    def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Awaitable[Sequence[Sequence[Any]]]:
+        return self._fetch(con, sql, args)
+
+    async def _fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         with statement_span(self._system, sql) as span:
             rows = await self._driver.fetch(con, sql, args)
             span.set_attribute("db.response.returned_rows", len(rows))
             return rows
-
-    async def value(self, con: Any, sql: str, args: Sequence[Any]) -> Any:
-        with statement_span(self._system, sql):
-            return await self._driver.value(con, sql, args)
 
     async def execute(self, con: Any, sql: str) -> None:
         with statement_span(self._system, sql):
@@ -269,9 +262,10 @@ class Reader:
         """The first column of the first row (None without a row)."""
         compiled = self._compiled(statement)
         if compiled.converts or (self._depth == 0 and self._joined):
-            rows = await self.rows(statement, **params)
-            return rows[0][0] if rows else None
-        return await self._driver.value(self.connection, compiled.sql, compiled.args(params))
+            converted = await self.rows(statement, **params)
+            return converted[0][0] if converted else None
+        rows = await self._driver.fetch(self.connection, compiled.sql, compiled.args(params))
+        return rows[0][0] if rows else None
 
     @asynccontextmanager
     async def _transaction(self, *, write: bool = True) -> AsyncIterator[None]:
