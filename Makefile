@@ -7,7 +7,7 @@ PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint typecheck pytest migrate bench chart bench-ab bench-scale bench-transfers bench-sqlite bench-replicas compare clean
+.PHONY: run test lint typecheck pytest migrate bench chart bench-ab bench-scale bench-transfers bench-sqlite bench-replicas bench-instructions compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,12 @@ bench-transfers: $(STAMP)
 
 bench-sqlite: $(STAMP)
 	$(BIN)/python bench/sqlite.py $(BENCH_ARGS)
+
+# instructions per request on the event loop's thread, in process, under valgrind's callgrind:
+# repeatable where requests/s are not (BENCH_ARGS="--bare" for raw aiosqlite, "--route /users/{}")
+bench-instructions: $(STAMP)
+	command -v valgrind >/dev/null || apt-get install -y valgrind
+	$(BIN)/python bench/instructions.py $(BENCH_ARGS)
 
 # read-your-writes on a throwaway cluster and a streaming replica (as root: pg_createcluster)
 bench-replicas: $(STAMP)
