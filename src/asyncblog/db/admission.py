@@ -149,11 +149,7 @@ class Admission:
             return None
         gate = self.write_gate if write else self.gate
         if not gate.take_free():
-            try:
-                await gate.acquire()
-            except TimeoutError:
-                GATE_TIMEOUTS.inc()
-                raise Unavailable(POOL_BUSY) from None
+            await self.take(gate)
         lease = Lease(self, gate)
         lease.token = _lease.set(lease)
         return lease
