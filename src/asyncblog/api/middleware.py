@@ -33,8 +33,8 @@ DOCS_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
 ]
-# The API answers JSON; the docs pages set their own policy (api.docs).
 DOCS_PATHS = ("/docs", "/redoc")
+# The API answers JSON; the docs pages set their own policy (api.docs).
 API_HEADERS = [
     *DOCS_HEADERS,
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),

@@ -84,7 +84,7 @@ class PlannedRoute(APIRoute):
         if (
             scope["type"] == "http"
             and not scope["path"].startswith(self._literal)
-            and "fastapi" not in scope
+            and FASTAPI_STATE not in scope
             and not scope.get("root_path")
         ):
             return Match.NONE, {}
@@ -94,13 +94,14 @@ class PlannedRoute(APIRoute):
         """The route's app, one coroutine level below the router (FastAPI's and Starlette's
         `handle` are two, passed on every suspension of the request); FastAPI's `handle` where
         it has its own state in the scope or the method is not the route's (a 405)."""
-        if "fastapi" in scope or (self.methods and scope["method"] not in self.methods):
+        if FASTAPI_STATE in scope or (self.methods and scope["method"] not in self.methods):
             await super().handle(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
 FILE_STACK = "fastapi_middleware_astack"
+FASTAPI_STATE = "fastapi"  # FastAPI's own per-request state in the scope (an included router)
 
 
 def _fastapi_handler(handler: ASGIApp) -> ASGIApp:

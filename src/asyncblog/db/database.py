@@ -126,10 +126,7 @@ class _Aiomysql(_Driver):
     async def returned(self, con: Any) -> None:
         await con.autocommit(False)
 
-    def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Awaitable[Sequence[Sequence[Any]]]:
-        return self._fetch(con, sql, args)
-
-    async def _fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+    async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         async with con.cursor() as cursor:
             await cursor.execute(sql, args or None)
             rows: Sequence[Sequence[Any]] = await cursor.fetchall()
@@ -151,10 +148,7 @@ class _Traced(_Driver):
         self._driver = driver
         self._system = SYSTEMS.get(dialect, dialect)
 
-    def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Awaitable[Sequence[Sequence[Any]]]:
-        return self._fetch(con, sql, args)
-
-    async def _fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+    async def fetch(self, con: Any, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         with statement_span(self._system, sql) as span:
             rows = await self._driver.fetch(con, sql, args)
             span.set_attribute("db.response.returned_rows", len(rows))
@@ -261,10 +255,11 @@ class Reader:
     async def value(self, statement: Statement, **params: Any) -> Any:
         """The first column of the first row (None without a row)."""
         compiled = self._compiled(statement)
-        if compiled.converts or (self._depth == 0 and self._joined):
-            converted = await self.rows(statement, **params)
-            return converted[0][0] if converted else None
-        rows = await self._driver.fetch(self.connection, compiled.sql, compiled.args(params))
+        rows: Sequence[Sequence[Any]]
+        if compiled.converts or self._on_its_own():
+            rows = await self.rows(statement, **params)
+        else:
+            rows = await self._driver.fetch(self.connection, compiled.sql, compiled.args(params))
         return rows[0][0] if rows else None
 
     @asynccontextmanager
@@ -646,9 +641,9 @@ class _LinkHold(Generic[L]):
         failure = exc
         db = self._db
         try:
-            if exc is None and db.replicas and self._kind.writes:
+            if exc is None and db.replicas and isinstance(self._link, Writer):
                 try:
-                    await db.note_written(self._link)  # type: ignore[arg-type]
+                    await db.note_written(self._link)
                 except Exception as lost:  # committed; the client gets no position this time
                     failure = lost
             await self._give_back(failure)
