@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BARE_APP = ROOT.parent / "shared" / "bench" / "peers"
+import common
+
+BARE_APP = common.ROOT.parent / "shared" / "bench" / "peers"
 TASKS = 64
 
 
@@ -60,10 +61,7 @@ def main() -> None:
 
 def _seeded(path: Path) -> Path:
     env = {**os.environ, "DATABASE_URL": f"sqlite+aiosqlite:///{path}"}
-    cli = str(ROOT / ".venv" / "bin" / "asyncblog")
-    subprocess.run([cli, "migrate"], env=env, check=True, capture_output=True)
-    seed = [cli, "seed", "--users", "10000", "--posts-per-user", "3"]
-    subprocess.run(seed, env=env, check=True, capture_output=True)
+    common.migrate_and_seed(env, 10_000, 3, path.with_suffix(".log"))
     return path
 
 
